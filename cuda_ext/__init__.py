@@ -1,0 +1,75 @@
+"""Native kernels of emb_opt, with a pure-PyTorch reference for every operator.
+
+``ops.<name>(...)`` calls ``torch.ops.emb_opt.<name>`` when the compiled extension ``cuda_ext._C`` is present
+(C++ CPU kernels always, CUDA kernels when it was built with CUDA), and otherwise the reference
+implementation in ``cuda_ext.reference`` -- saying so once with a warning, so a missing build costs speed, never
+correctness. Tests hold the kernels to the references on random inputs (``tests/test_kernels_*.py``).
+
+Set ``EMB_OPT_DISABLE_EXTENSION=1`` to force the references (e.g. to compare).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+
+from cuda_ext import reference
+
+_load_error: Optional[BaseException] = None
+_C: Any = None
+if os.environ.get("EMB_OPT_DISABLE_EXTENSION") != "1":
+    try:
+        _C = importlib.import_module("cuda_ext._C")  # importing registers torch.ops.emb_opt.*
+    except ImportError as error:  # not built, or built against another torch
+        _load_error = error
+else:
+    _load_error = RuntimeError("disabled by EMB_OPT_DISABLE_EXTENSION=1")
+
+_warned = False
+
+
+def extension_loaded() -> bool:
+    """True when the compiled operators are registered in ``torch.ops.emb_opt``."""
+    return _C is not None
+
+
+def extension_with_cuda() -> bool:
+    """True when the compiled extension carries CUDA kernels."""
+    return _C is not None and bool(getattr(_C, "with_cuda", False))
+
+
+def extension_status() -> str:
+    """One line for logs and the README: what is loaded and why not."""
+    if _C is None:
+        return f"not loaded ({_load_error}); using the pure-PyTorch reference kernels"
+    return "loaded (C++ CPU kernels" + (" + CUDA kernels)" if extension_with_cuda() else ")")
+
+
+def _warn_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"emb_opt: native extension {extension_status()}. Run `pip install --no-build-isolation -e .` "
+            "(or scripts/setup_env.sh) to build it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+class _Ops:
+    """Dispatch ``ops.name(...)`` to the compiled operator or to ``cuda_ext.reference.name``."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if _C is not None:
+            return getattr(torch.ops.emb_opt, name)
+        _warn_once()
+        return getattr(reference, name)
+
+
+ops = _Ops()
+
+__all__ = ["ops", "reference", "extension_loaded", "extension_with_cuda", "extension_status"]

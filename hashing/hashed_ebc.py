@@ -1,0 +1,139 @@
+"""The random-hash baseline as drop-in TorchRec modules.
+
+* ``HashingTransform``: KJT -> KJT, replaces each listed feature's raw ids by ``random_hash(id, buckets, seed)``.
+* ``HashedEmbeddingBagCollection``: the transform in front of an ordinary ``EmbeddingBagCollection`` whose
+  tables have ``num_buckets`` rows. Same input (raw ids of any size >= 0) and output (``KeyedTensor``) as the
+  full-table EBC it replaces, so it works inside ``torchrec.models.dlrm.DLRM``.
+
+Each table gets its own seed (``seed + table index``) so tables do not share collision patterns.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from hashing.random_hash import HASH_METHODS, check_ids, random_hash
+
+
+class HashingTransform(nn.Module):
+    """Hash the ids of the given features of a ``KeyedJaggedTensor`` (other features pass unchanged).
+
+    Args:
+        num_buckets: feature name -> number of buckets (rows) its ids are hashed into.
+        seeds: feature name -> hash seed (default 0 for every feature).
+        method: "mix" (seeded 64-bit mix) or "modulo" (``id mod buckets``).
+    """
+
+    def __init__(self, num_buckets: Dict[str, int], seeds: Optional[Dict[str, int]] = None, method: str = "mix"):
+        super().__init__()
+        if method not in HASH_METHODS:
+            raise ValueError(f"unknown hash method {method!r}; expected one of {HASH_METHODS}")
+        for feature, buckets in num_buckets.items():
+            if int(buckets) < 1:
+                raise ValueError(f"feature {feature!r}: num_buckets must be >= 1, got {buckets}")
+        self.num_buckets = dict(num_buckets)
+        self.seeds = dict(seeds or {})
+        self.method = method
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        missing = [f for f in self.num_buckets if f not in features.keys()]
+        if missing:
+            raise ValueError(f"HashingTransform: KJT lacks feature(s) {missing}; it has {features.keys()}")
+        values = features.values()
+        pieces: List[torch.Tensor] = []
+        start = 0
+        for key, length in zip(features.keys(), features.length_per_key()):
+            chunk = values[start : start + length]
+            start += length
+            if key in self.num_buckets:
+                check_ids(chunk, f"feature {key!r} ids")
+                chunk = random_hash(chunk, self.num_buckets[key], self.seeds.get(key, 0), self.method)
+                chunk = chunk.to(values.dtype)
+            pieces.append(chunk)
+        new_values = torch.cat(pieces) if pieces else values
+        return KeyedJaggedTensor(
+            keys=features.keys(),
+            values=new_values,
+            weights=features.weights_or_none(),
+            lengths=features.lengths(),
+            offsets=features.offsets(),
+            stride=features.stride(),
+            length_per_key=features.length_per_key(),
+            offset_per_key=features.offset_per_key(),
+        )
+
+
+def hashed_table_configs(
+    tables: List[EmbeddingBagConfig],
+    num_buckets: Optional[Dict[str, int]] = None,
+    row_fraction: Optional[float] = None,
+) -> List[EmbeddingBagConfig]:
+    """Copies of ``tables`` with ``num_embeddings`` set to each table's bucket count.
+
+    Give either ``num_buckets`` (table name -> rows) or ``row_fraction`` (rows = ceil(fraction x rows), >= 1).
+    """
+    if (num_buckets is None) == (row_fraction is None):
+        raise ValueError("give exactly one of num_buckets (per table) or row_fraction")
+    if row_fraction is not None and not 0 < row_fraction <= 1:
+        raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
+    configs = []
+    for table in tables:
+        if num_buckets is not None:
+            if table.name not in num_buckets:
+                raise ValueError(f"num_buckets has no entry for table {table.name!r}")
+            rows = int(num_buckets[table.name])
+        else:
+            rows = max(1, math.ceil(row_fraction * table.num_embeddings))
+        config = copy.deepcopy(table)
+        config.num_embeddings = rows
+        configs.append(config)
+    return configs
+
+
+class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
+    """Random-hash baseline: ``HashingTransform`` + ``EmbeddingBagCollection`` with fewer rows.
+
+    Args:
+        tables: the full tables (``num_embeddings`` = raw id range, kept as ``virtual_configs``).
+        num_buckets / row_fraction: rows per table after hashing (see ``hashed_table_configs``).
+        seed: base seed; table ``i`` uses ``seed + i``.
+        method: "mix" or "modulo".
+    """
+
+    def __init__(
+        self,
+        tables: List[EmbeddingBagConfig],
+        num_buckets: Optional[Dict[str, int]] = None,
+        row_fraction: Optional[float] = None,
+        seed: int = 0,
+        method: str = "mix",
+        is_weighted: bool = False,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__()
+        self.virtual_configs = [copy.deepcopy(t) for t in tables]
+        hashed = hashed_table_configs(tables, num_buckets, row_fraction)
+        buckets: Dict[str, int] = {}
+        seeds: Dict[str, int] = {}
+        for index, config in enumerate(hashed):
+            for feature in config.feature_names or [config.name]:
+                buckets[feature] = config.num_embeddings
+                seeds[feature] = seed + index
+        self.transform = HashingTransform(buckets, seeds, method)
+        self.ebc = EmbeddingBagCollection(tables=hashed, is_weighted=is_weighted, device=device)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        return self.ebc(self.transform(features))
+
+    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
+        return self.ebc.embedding_bag_configs()
+
+    def is_weighted(self) -> bool:
+        return self.ebc.is_weighted()

@@ -1,0 +1,75 @@
+"""The native hash kernel against its pure-PyTorch reference, and the random-hash baseline's contract."""
+import os
+
+import pytest
+import torch
+
+import cuda_ext
+import hashing
+from cuda_ext import reference
+
+
+def test_extension_is_built():
+    # CI builds the extension; a silent fallback there would hide a broken build.
+    if os.environ.get("EMB_OPT_ALLOW_NO_EXTENSION") == "1":
+        pytest.skip("EMB_OPT_ALLOW_NO_EXTENSION=1")
+    assert cuda_ext.extension_loaded(), cuda_ext.extension_status()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("num_buckets", [1, 7, 1000, 2**40 + 3])
+def test_mix_hash_matches_reference(dtype, num_buckets):
+    if not cuda_ext.extension_loaded():
+        pytest.skip("extension not built")
+    gen = torch.Generator().manual_seed(num_buckets % 1000)
+    high = 2**31 - 1 if dtype == torch.int32 else 2**62
+    ids = torch.randint(0, high, (4097,), generator=gen, dtype=torch.int64).to(dtype)
+    for seed in (0, 1, 12345, -5):
+        got = torch.ops.emb_opt.mix_hash(ids, num_buckets, seed)
+        want = reference.mix_hash(ids, num_buckets, seed)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, want)
+        assert int(got.min()) >= 0 and int(got.max()) < num_buckets
+
+
+def test_reference_mixer_known_values():
+    # splitmix64 finalizer of 0 + golden (the first splitmix64 output for state 0) is a published constant.
+    z = torch.tensor([0x9E3779B97F4A7C15 - (1 << 64)], dtype=torch.int64)
+    assert int(reference.mix64(z)) & ((1 << 64) - 1) == 0xE220A8397B1DCDAF
+
+
+def test_random_hash_shape_and_spread():
+    ids = torch.arange(100_000).reshape(100, 1000)
+    out = hashing.random_hash(ids, 1000, seed=3)
+    assert out.shape == ids.shape and out.dtype == torch.int64
+    counts = torch.bincount(out.reshape(-1), minlength=1000).double()
+    # 100 ids per bucket on average: a uniform hash keeps the spread near Poisson (std 10)
+    assert counts.std() < 15
+    assert not torch.equal(out, hashing.random_hash(ids, 1000, seed=4))
+    assert torch.equal(hashing.random_hash(ids, 1000, method="modulo"), ids % 1000)
+
+
+def test_random_hash_bad_input():
+    with pytest.raises(ValueError, match=r"got id -7 at position 2"):
+        hashing.random_hash(torch.tensor([1, 2, -7]), 10)
+    with pytest.raises(TypeError, match="int32 or int64"):
+        hashing.random_hash(torch.tensor([1.0, 2.0]), 10)
+    with pytest.raises(ValueError, match="num_buckets"):
+        hashing.random_hash(torch.tensor([1]), 0)
+    with pytest.raises(ValueError, match="unknown hash method"):
+        hashing.random_hash(torch.tensor([1]), 10, method="md5")
+
+
+def test_collision_stats_match_expectation():
+    ids = torch.randperm(10**7)[:20_000]
+    stats = hashing.collision_stats(ids, 10_000, seed=1)
+    assert stats.num_ids == 20_000
+    assert abs(stats.collision_rate - stats.expected_collision_rate) < 0.02
+    assert abs(stats.occupied_buckets - stats.expected_occupied_buckets) < 0.02 * 10_000
+    assert sum(stats.load_histogram.values()) == 10_000
+    # traffic weighting: give all the traffic to one id alone in its bucket -> rate 0
+    freqs = torch.zeros(20_000)
+    buckets = hashing.random_hash(ids, 10_000, 1)
+    alone = [i for i in range(200) if int((buckets == buckets[i]).sum()) == 1][0]
+    freqs[alone] = 1.0
+    assert hashing.collision_stats(ids, 10_000, 1, frequencies=freqs).traffic_collision_rate == 0.0
