@@ -1,0 +1,38 @@
+// Registration of the chunk-bag op family: pooled embedding-bag lookup over a VHPI chunk pool, and its
+// backward fused with the sparse optimizer and the utility update. CPU impl: chunk_bag_cpu.cpp; CUDA
+// impl: chunk_bag.cu; pure-PyTorch reference: cuda_ext/reference/chunk_bag.py.
+//
+// Shapes: a KJT with F features and batch B gives values [nnz] and offsets [F*B+1] (feature-major bags).
+// feature_table [F] int32 (table of each feature), table_rows [T] int64 (virtual rows), table_chunks [T]
+// int32 (chunks per row, C_t = D_t / c), feature_cols [F] int64 (first output column of each feature).
+// The batch's distinct (table, row) pairs are U "unique rows" with row keys (common/vhpi_key.h);
+// slots [U, Cmax] int32 are their live chunk slots (-1 past the live prefix). pool [S, c] float32.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
+  // Dedupe the batch's ids into unique rows, first-occurrence order. Returns
+  // (row_keys [U] int64, inverse [nnz] int32, unique_offsets [U+1] int64, unique_occ [nnz] int32 (occurrences
+  //  grouped by unique row, ascending), occ_bag [nnz] int32 (bag of each occurrence),
+  //  bad [3] int64 = (position, id, feature) of the first id outside [0, table_rows) or (-1, -1, -1)).
+  m.def(
+      "chunk_bag_unique(Tensor values, Tensor offsets, Tensor feature_table, Tensor table_rows, int batch_size)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // out[b, feature_cols[f] + k*c : +c] = pool(mode) over the bag (f, b) of w_i * pool[slots[inverse[i], k]];
+  // missing chunks read as zero. pooling_mode: 0 sum, 1 mean. -> [B, out_dim] float32
+  m.def(
+      "chunk_bag_forward(Tensor pool, Tensor slots, Tensor inverse, Tensor offsets, Tensor? weights, "
+      "Tensor feature_table, Tensor table_chunks, Tensor feature_cols, int batch_size, int out_dim, "
+      "int pooling_mode) -> Tensor");
+  // Backward of chunk_bag_forward fused with the optimizer step on every live chunk of every unique row
+  // (optimizer: 0 SGD, 1 Adagrad (state [S, c]), 2 row-wise Adagrad (state [S, 1])), the utility update
+  // slot_utility[s] += score (utility_rule: 0 freq = #occurrences, 1 grad = mean per-occurrence gradient
+  // norm, 2 freq_grad = sum of per-occurrence gradient norms), and the score the row's first missing chunk
+  // would get from the same rule on its (virtual) gradient. Returns (candidate_score [U] float32, 0 for full
+  // rows; weight_grad [nnz] float32 if need_weight_grad else empty).
+  m.def(
+      "chunk_bag_backward_update_(Tensor(a!) pool, Tensor(b!) optim_state, Tensor(c!) slot_utility, "
+      "Tensor grad_out, Tensor slots, Tensor row_keys, Tensor unique_offsets, Tensor unique_occ, "
+      "Tensor occ_bag, Tensor offsets, Tensor? weights, Tensor table_chunks, Tensor feature_cols, "
+      "int batch_size, int pooling_mode, int optimizer, float lr, float eps, int utility_rule, "
+      "bool need_weight_grad) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,129 @@
+"""Options of the FIITED embedding-dimension optimizer, and parsing of the optimizer names users pass.
+
+Every knob the design exposes is here with the reason for its default:
+* ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line).
+* ``optimizer``: fused sparse optimizer on the chunk pool -- "sgd", "adagrad", "rowwise_adagrad" (TorchRec's
+  and FBGEMM's default; here the accumulator is per chunk: one float per slot). TorchRec / FBGEMM spellings
+  (``EmbOptimType.EXACT_ROWWISE_ADAGRAD``, ``torchrec.optim.RowWiseAdagrad``, ``torch.optim.SGD``) are accepted.
+* ``utility``: how a chunk earns its place: "freq" (access count, as TorchRec ITEP prunes rows), "grad" (mean
+  gradient norm per access), "freq_grad" (sum of per-access gradient norms = freq x mean grad norm, AdaEmbed's
+  and FIITED's rule; default). Accumulated every step, multiplied by ``utility_decay`` at every resize (an EMA
+  over intervals).
+* schedule: the first resize at ``warmup_steps``, then every ``resize_interval`` training steps.
+* ``reserve_fraction``: share of the slot budget a resize leaves free for rows admitted until the next one.
+* ``threshold_mode``: "global" -- one utility threshold for every chunk position (the top chunks by utility
+  fill the budget) -- or "per_position" -- utilities are first divided by their chunk position's mean, so each
+  position gets its own threshold ``theta_k = theta * mean_k``.
+* hash table: ``max_load_factor`` (buckets = slots / load) and ``max_probe`` (linear-probe bound).
+* ``sketch_fraction``: share of the budget for the count-min sketch that remembers the utility of rows or
+  chunks that are not stored (so they can be re-admitted when they earn it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+
+class OptimizerType(str, Enum):
+    SGD = "sgd"
+    ADAGRAD = "adagrad"
+    ROWWISE_ADAGRAD = "rowwise_adagrad"
+
+    @property
+    def code(self) -> int:  # the kernels' optimizer code
+        return {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}[self.value]
+
+    def state_width(self, chunk_size: int) -> int:
+        """Floats of optimizer state per chunk slot."""
+        return {"sgd": 0, "adagrad": chunk_size, "rowwise_adagrad": 1}[self.value]
+
+    def dense_state_bytes_per_row(self, dim: int) -> int:
+        """Bytes of optimizer state a full (dense) table row of ``dim`` floats carries with this optimizer."""
+        return {"sgd": 0, "adagrad": 4 * dim, "rowwise_adagrad": 4}[self.value]
+
+
+class UtilityRule(str, Enum):
+    FREQ = "freq"
+    GRAD = "grad"
+    FREQ_GRAD = "freq_grad"
+
+    @property
+    def code(self) -> int:
+        return {"freq": 0, "grad": 1, "freq_grad": 2}[self.value]
+
+
+_OPTIMIZER_ALIASES = {
+    "sgd": OptimizerType.SGD,
+    "exact_sgd": OptimizerType.SGD,
+    "adagrad": OptimizerType.ADAGRAD,
+    "exact_adagrad": OptimizerType.ADAGRAD,
+    "rowwise_adagrad": OptimizerType.ROWWISE_ADAGRAD,
+    "exact_rowwise_adagrad": OptimizerType.ROWWISE_ADAGRAD,
+    "rowwiseadagrad": OptimizerType.ROWWISE_ADAGRAD,
+}
+
+
+def parse_optimizer(value: Any) -> OptimizerType:
+    """Accept our names, FBGEMM's ``EmbOptimType`` and torch / torchrec optimizer classes."""
+    if isinstance(value, OptimizerType):
+        return value
+    if isinstance(value, type):  # torch.optim.SGD, torch.optim.Adagrad, torchrec.optim.RowWiseAdagrad
+        name = value.__name__.lower()
+    elif isinstance(value, Enum):  # fbgemm_gpu EmbOptimType
+        name = value.name.lower()
+    else:
+        name = str(value).lower()
+    if name not in _OPTIMIZER_ALIASES:
+        raise ValueError(f"unsupported optimizer {value!r}; expected one of sgd, adagrad, rowwise_adagrad")
+    return _OPTIMIZER_ALIASES[name]
+
+
+@dataclass
+class FiitedConfig:
+    chunk_size: int = 16
+    optimizer: OptimizerType = OptimizerType.ROWWISE_ADAGRAD
+    learning_rate: float = 0.01
+    eps: float = 1e-8
+    utility: UtilityRule = UtilityRule.FREQ_GRAD
+    warmup_steps: int = 1000
+    resize_interval: int = 500
+    utility_decay: float = 0.5
+    reserve_fraction: float = 0.05
+    threshold_mode: str = "global"
+    max_load_factor: float = 0.5
+    max_probe: int = 128
+    sketch_fraction: float = 0.05
+    initial_capacity: int = 1 << 16  # slots allocated at start (grows x2 up to the budget)
+    compaction_threshold: float = 0.5  # compact when live slots < this x allocated slots
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.optimizer = parse_optimizer(self.optimizer)
+        self.utility = UtilityRule(self.utility) if not isinstance(self.utility, UtilityRule) else self.utility
+        checks = [
+            (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.resize_interval >= 1, f"resize_interval must be >= 1, got {self.resize_interval}"),
+            (0 < self.utility_decay <= 1, f"utility_decay must be in (0, 1], got {self.utility_decay}"),
+            (0 <= self.reserve_fraction < 1, f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}"),
+            (self.threshold_mode in ("global", "per_position"), f"threshold_mode must be 'global' or 'per_position', got {self.threshold_mode!r}"),
+            (0 < self.max_load_factor < 1, f"max_load_factor must be in (0, 1), got {self.max_load_factor}"),
+            (self.max_probe >= 1, f"max_probe must be >= 1, got {self.max_probe}"),
+            (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),
+            (0 < self.compaction_threshold < 1, f"compaction_threshold must be in (0, 1), got {self.compaction_threshold}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"FiitedConfig: {message}")
+
+
+def merge_config(config: Optional[FiitedConfig], **overrides: Any) -> FiitedConfig:
+    """``config`` (or the defaults) with the non-None ``overrides`` applied."""
+    base = dict(vars(config)) if config is not None else {}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(base) - set(FiitedConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown FIITED option(s) {sorted(unknown)}")
+    return FiitedConfig(**base)

@@ -1,0 +1,58 @@
+"""``emb_opt.convert``: replace every TorchRec ``EmbeddingBagCollection`` of a model by a FIITED one.
+
+    model = emb_opt.convert(model, memory_budget=0.05)   # 5% of the full tables' bytes, per collection
+
+* ``memory_budget`` as a fraction applies to each collection; as bytes it is split between collections in
+  proportion to their full-table bytes.
+* ``copy_weights=True`` imports the existing weights (by chunk magnitude when the budget cannot hold them
+  all; see ``emb_opt.dense_import``); the dense tables are then dropped, so the model's memory really shrinks.
+* Build the dense optimizer after converting: the collections' parameters are gone (FIITED's optimizer is
+  fused into its backward, configured by ``optimizer`` / ``learning_rate``).
+"""
+from __future__ import annotations
+
+from typing import Any, List, Tuple, Union
+
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from emb_opt.budget import total_full_bytes
+from emb_opt.config import merge_config
+from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+
+
+def _collections(model: nn.Module) -> List[Tuple[nn.Module, str, EmbeddingBagCollection]]:
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is EmbeddingBagCollection:
+                found.append((parent, name, child))
+    return found
+
+
+def convert(model: nn.Module, memory_budget: Union[int, float], copy_weights: bool = True, **options: Any) -> nn.Module:
+    """Swap each ``EmbeddingBagCollection`` in ``model`` (in place) for a ``FiitedEmbeddingBagCollection``."""
+    if type(model) is EmbeddingBagCollection:
+        raise TypeError("convert() replaces collections inside a model; for a bare collection build "
+                        "FiitedEmbeddingBagCollection(collection.embedding_bag_configs(), ...) directly")
+    found = _collections(model)
+    if not found:
+        raise ValueError("convert(): the model contains no torchrec EmbeddingBagCollection")
+    optimizer = merge_config(None, **{k: v for k, v in options.items() if k == "optimizer"}).optimizer
+    fulls = [
+        total_full_bytes([t.num_embeddings for t in ebc.embedding_bag_configs()],
+                         [t.embedding_dim for t in ebc.embedding_bag_configs()], optimizer)
+        for _, _, ebc in found
+    ]
+    for (parent, name, ebc), full in zip(found, fulls):
+        budget: Union[int, float] = memory_budget
+        if isinstance(memory_budget, int) and not isinstance(memory_budget, bool):
+            budget = max(1, int(memory_budget * full / sum(fulls)))
+        fiited = FiitedEmbeddingBagCollection(
+            ebc.embedding_bag_configs(), budget, device=ebc.device, is_weighted=ebc.is_weighted(), **options
+        )
+        if copy_weights:
+            fiited.import_dense_weights({t.name: ebc.embedding_bags[t.name].weight for t in ebc.embedding_bag_configs()})
+        fiited.train(ebc.training)
+        setattr(parent, name, fiited)
+    return model

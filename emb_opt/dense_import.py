@@ -1,0 +1,53 @@
+"""Seed a FIITED store from dense tables (what ``emb_opt.convert`` does with a trained model's weights).
+
+Without utilities measured yet, chunk magnitude is the prior: every chunk of every row is ranked by its L2
+norm, made prefix-monotone along the row (``min`` over chunks 0..k), and the top ``(1 - reserve_fraction)``
+share of the slot budget is imported with zero optimizer state and zero utility -- so chunks that training
+then never touches are the first a resize prunes. With a budget that holds everything, the import is exact.
+"""
+from __future__ import annotations
+
+from typing import Dict, TYPE_CHECKING
+
+import math
+import torch
+
+from cuda_ext.reference.vhpi import pack_row_key
+from emb_opt.resize import effective_utility
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+
+
+@torch.no_grad()
+def import_dense_weights(collection: "FiitedEmbeddingBagCollection", weights: Dict[str, torch.Tensor]) -> int:
+    """Import ``weights`` (table name -> [num_embeddings, embedding_dim]) into an empty store; returns #chunks."""
+    store = collection.store
+    if store.num_live:
+        raise RuntimeError("import_dense_weights needs an empty store (import before training)")
+    c = collection.config.chunk_size
+    all_keys, all_chunks, all_scores = [], [], []
+    for t, table in enumerate(collection.embedding_bag_configs()):
+        if table.name not in weights:
+            raise ValueError(f"no weights given for table {table.name!r}")
+        w = weights[table.name].detach().to(torch.float32).cpu()
+        if tuple(w.shape) != (table.num_embeddings, table.embedding_dim):
+            raise ValueError(f"table {table.name!r}: weights have shape {tuple(w.shape)}, expected "
+                             f"({table.num_embeddings}, {table.embedding_dim})")
+        chunks = w.reshape(table.num_embeddings, -1, c)  # [N, C, c]
+        rows = torch.arange(table.num_embeddings)
+        keys = (pack_row_key(torch.full_like(rows, t), rows).unsqueeze(1) + torch.arange(chunks.shape[1])).reshape(-1)
+        all_keys.append(keys)
+        all_chunks.append(chunks.reshape(-1, c))
+        all_scores.append(chunks.norm(dim=2).reshape(-1))
+    keys = torch.cat(all_keys)
+    chunks = torch.cat(all_chunks)
+    score = effective_utility(keys, torch.cat(all_scores), store.max_chunks)  # keys are sorted already
+    target = min(keys.numel(), int(math.floor(store.plan.max_slots * (1.0 - collection.config.reserve_fraction))))
+    order = torch.argsort(score, descending=True, stable=True)[:target]
+    order = order.sort().values  # back to key order: rows together
+    free = store.ensure_free(order.numel())
+    order = order[:free]
+    slots = store._pop(order.numel()).to(torch.int64)
+    store.write_chunks(slots, keys[order], chunks[order].to(store.pool_weights.device), torch.zeros(order.numel()))
+    return int(order.numel())

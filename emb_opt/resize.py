@@ -1,0 +1,140 @@
+"""The resize step of FIITED: per-chunk-position thresholds under one memory budget, pruning, decay.
+
+Run every ``resize_interval`` training steps after ``warmup_steps`` (``FiitedEmbeddingBagCollection`` calls
+it at the start of the forward that crosses the boundary). With live chunks sorted by key (rows together,
+chunk positions ascending):
+
+1. Effective utility ``e(r, k) = min_{j <= k} u(r, j)`` -- a chunk is only worth keeping if every chunk
+   before it is (a row's vector is a prefix). In "per_position" mode utilities are first divided by the mean
+   utility of their chunk position.
+2. Keep the ``target = (1 - reserve_fraction) * max_slots`` chunks of highest ``e`` (ties: lower position
+   first, so the kept set stays prefix-closed); threshold ``theta`` = the smallest kept ``e``; position k's
+   threshold is ``theta`` (x its position mean in "per_position" mode). If everything fits, thresholds are 0
+   (free slots go to whoever comes). Chunks with utility exactly 0 -- never used since they were stored,
+   e.g. imported by ``convert`` and never looked up -- are pruned in any case.
+3. Pruned chunks free their slots (LIFO free list); the utility of each row's first pruned chunk goes into
+   the sketch, so the row is re-admitted only when its utility rises above the threshold again.
+4. All utilities (slots and sketch) are multiplied by ``utility_decay`` -- the EMA over intervals.
+5. The hash table is rebuilt without the deleted keys; if live slots fell below ``compaction_threshold`` of
+   the allocation, live chunks are moved to the front (in key order) and the allocation shrinks.
+Returns a telemetry record (live chunks, bytes, thresholds, per-table histogram of per-row chunk counts).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import torch
+
+from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
+from emb_opt.chunk_store import COMPACTIONS, NUM_FREE, PRUNED, RESIZES, STEP, VhpiChunkStore
+
+
+def effective_utility(keys: torch.Tensor, utility: torch.Tensor, max_chunks: int) -> torch.Tensor:
+    """Prefix minimum of utility along each row's chunks; ``keys`` sorted ascending (prefix-closed rows)."""
+    chunk = keys & (MAX_CHUNKS - 1)
+    e = utility.clone()
+    for k in range(1, max_chunks):
+        idx = (chunk == k).nonzero().reshape(-1)
+        if idx.numel():
+            e[idx] = torch.minimum(e[idx], e[idx - 1])
+    return e
+
+
+def row_dimension_histogram(store: VhpiChunkStore, keys: torch.Tensor) -> Dict[str, list]:
+    """Per table: number of rows holding exactly k chunks, k = 1..C_t (keys sorted)."""
+    rows = keys >> CHUNK_BITS
+    unique_rows, counts = torch.unique_consecutive(rows, return_counts=True)
+    tables = key_table(unique_rows << CHUNK_BITS)
+    out = {}
+    for t, name in enumerate(store.table_names):
+        chunks = int(store.table_chunks[t])
+        mine = counts[tables == t]
+        out[name] = torch.bincount(mine, minlength=chunks + 1)[1 : chunks + 1].tolist()
+    return out
+
+
+def telemetry_record(store: VhpiChunkStore, pruned: int = 0) -> Dict[str, Any]:
+    _, keys = store.live_keys()
+    tables = key_table(keys)
+    live_per_table = torch.bincount(tables, minlength=len(store.table_names)).tolist()
+    return {
+        "step": store.step,
+        "live_chunks": int(keys.numel()),
+        "capacity": store.capacity,
+        "allocated_bytes": store.total_bytes(),
+        "pruned": pruned,
+        "thresholds": store.thresholds.tolist(),
+        "live_chunks_per_table": dict(zip(store.table_names, live_per_table)),
+        "rows_by_chunks": row_dimension_histogram(store, keys),
+    }
+
+
+def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
+    """One resize step (see the module docstring); returns its telemetry record."""
+    config = store.config
+    slots, keys = store.live_keys()
+    utility = store.slot_utility[slots]
+    chunk = keys & (MAX_CHUNKS - 1)
+    scale = torch.ones(store.max_chunks, device=utility.device)
+    if config.threshold_mode == "per_position" and keys.numel():
+        sums = torch.zeros(store.max_chunks, device=utility.device).index_add_(0, chunk, utility)
+        counts = torch.bincount(chunk, minlength=store.max_chunks).clamp(min=1)
+        scale = (sums / counts).clamp(min=1e-30)
+    e = effective_utility(keys, utility / scale[chunk], store.max_chunks)
+    target = int(math.floor(store.plan.max_slots * (1.0 - config.reserve_fraction)))
+    keep = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
+    theta = 0.0
+    if keys.numel() > target:
+        rank = torch.argsort(e, descending=True, stable=True)
+        keep[:] = False
+        keep[rank[:target]] = True
+        theta = float(e[rank[target - 1]]) if target > 0 else math.inf
+        for k in range(1, store.max_chunks):  # prefix closure, also under exact ties
+            idx = (chunk == k).nonzero().reshape(-1)
+            if idx.numel():
+                keep[idx] &= keep[idx - 1]
+    keep &= e > 0  # chunks never used since they were stored (utility exactly 0, e.g. imported ones)
+    pruned = ~keep
+    n_pruned = int(pruned.sum())
+    if n_pruned:
+        previous_kept = torch.zeros_like(keep)
+        previous_kept[1:] = keep[:-1]
+        first_pruned = pruned & ((chunk == 0) | previous_kept)
+        row_keys = keys[first_pruned] & ~(MAX_CHUNKS - 1)
+        store.sketch_add(row_keys, utility[first_pruned])
+        store.release(slots[pruned])
+    store.thresholds.copy_(theta * scale if math.isfinite(theta) else torch.full_like(scale, math.inf))
+    store.slot_utility.mul_(config.utility_decay)
+    store.sketch.mul_(config.utility_decay)
+    store.counters[RESIZES] += 1
+    store.counters[PRUNED] += n_pruned
+    live = store.num_live
+    if live < config.compaction_threshold * store.capacity and store.capacity > config.initial_capacity:
+        compact_store(store, max(config.initial_capacity, math.ceil(live / max(1e-9, 1 - config.reserve_fraction) * 1.25)))
+    elif n_pruned:
+        store.rebuild_hash()
+    return telemetry_record(store, n_pruned)
+
+
+def compact_store(store: VhpiChunkStore, capacity: int) -> None:
+    """Move live chunks to slots 0..n-1 (key order) and shrink the allocation to ``capacity`` slots."""
+    capacity = int(min(max(capacity, store.num_live, 1), store.plan.max_slots))
+    slots, keys = store.live_keys()
+    n = keys.numel()
+    dev = store.pool_weights.device
+    weights = torch.zeros(capacity, store.pool_weights.shape[1], device=dev)
+    state = torch.zeros(capacity, store.pool_state.shape[1], device=dev)
+    slot_keys = torch.full((capacity,), -1, dtype=torch.int64, device=dev)
+    utility = torch.zeros(capacity, device=dev)
+    weights[:n] = store.pool_weights[slots]
+    state[:n] = store.pool_state[slots]
+    slot_keys[:n] = keys
+    utility[:n] = store.slot_utility[slots]
+    store.pool_weights, store.pool_state, store.slot_keys, store.slot_utility = weights, state, slot_keys, utility
+    # free slots n..capacity-1, lowest on top; the n entries above the top are unused
+    store.free_stack = torch.cat([torch.arange(capacity - 1, n - 1, -1, dtype=torch.int32, device=dev),
+                                  torch.zeros(n, dtype=torch.int32, device=dev)])
+    store.counters[NUM_FREE] = capacity - n
+    store.counters[COMPACTIONS] += 1
+    store.rebuild_hash()

@@ -1,0 +1,285 @@
+"""FiitedEmbeddingBagCollection end to end: equivalence with dense TorchRec tables when everything fits,
+the memory-budget invariant, resizing, checkpoints, DLRM, convert(), and clear errors on bad input."""
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+
+import emb_opt
+from emb_opt.budget import total_full_bytes
+from emb_opt.config import OptimizerType
+from emb_opt.convert import convert
+from tests.fiited_helpers import random_kjt, small_tables
+
+ROOMY = 10**7  # bytes: holds every chunk of the small tables
+
+
+def dense_weights(ebc: EmbeddingBagCollection):
+    return {t.name: ebc.embedding_bags[t.name].weight.detach().clone() for t in ebc.embedding_bag_configs()}
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_dense_ebc_trained_with_sgd(weighted):
+    torch.manual_seed(0)
+    tables = small_tables()
+    ebc = EmbeddingBagCollection(tables, is_weighted=weighted)
+    fiited = emb_opt.FiitedEmbeddingBagCollection(tables, ROOMY, chunk_size=4, optimizer="sgd", learning_rate=0.1,
+                                                  is_weighted=weighted, warmup_steps=10**6)
+    assert fiited.import_dense_weights(dense_weights(ebc)) == (40 + 25) * 2
+    opt = torch.optim.SGD(ebc.parameters(), lr=0.1)
+    for step in range(6):
+        kjt = random_kjt(step, weighted=weighted)
+        target = torch.randn(6, 24, generator=torch.Generator().manual_seed(100 + step))
+        ref = ebc(kjt)
+        out = fiited(kjt)
+        assert out.keys() == ref.keys() == ["f0@t0", "f2@t0", "f1"] or out.keys() == ref.keys()
+        torch.testing.assert_close(out.values(), ref.values(), rtol=1e-5, atol=1e-6)
+        ((ref.values() - target) ** 2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        ((out.values() - target) ** 2).sum().backward()
+    for name, w in dense_weights(ebc).items():
+        torch.testing.assert_close(fiited.to_dense_weights(name), w, rtol=1e-5, atol=1e-6)
+
+
+def test_rowwise_adagrad_with_whole_row_chunks_matches_fbgemm_tbe():
+    # with chunk_size == embedding_dim, per-chunk row-wise Adagrad is FBGEMM's EXACT_ROWWISE_ADAGRAD
+    torch.manual_seed(1)
+    tables = small_tables(dim=8)
+    fused = FusedEmbeddingBagCollection(tables, optimizer_type=RowWiseAdagrad, optimizer_kwargs={"lr": 0.05, "eps": 1e-8})
+    fiited = emb_opt.FiitedEmbeddingBagCollection(tables, ROOMY, chunk_size=8, optimizer="rowwise_adagrad",
+                                                  learning_rate=0.05, eps=1e-8, warmup_steps=10**6)
+    fiited.import_dense_weights({n: m.weight.detach().clone() for n, m in fused.embedding_bags.items()})
+    for step in range(5):
+        kjt = random_kjt(step)
+        target = torch.randn(6, 24, generator=torch.Generator().manual_seed(200 + step))
+        a, b = fused(kjt), fiited(kjt)
+        torch.testing.assert_close(b.values(), a.values(), rtol=1e-5, atol=1e-6)
+        ((a.values() - target) ** 2).sum().backward()
+        ((b.values() - target) ** 2).sum().backward()
+    for name, module in fused.embedding_bags.items():
+        torch.testing.assert_close(fiited.to_dense_weights(name), module.weight.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_budget_is_never_exceeded_and_resizes_prune_to_target():
+    tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=2000, feature_names=[f"f{i}"]) for i in range(3)]
+    full = total_full_bytes([2000] * 3, [16] * 3, OptimizerType.ROWWISE_ADAGRAD)
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 0.2, chunk_size=4, warmup_steps=4, resize_interval=3,
+                                             initial_capacity=64, learning_rate=0.05)
+    assert m.budget_bytes == int(0.2 * full)
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for step in range(30):
+            ids = (torch.rand(3 * 256, generator=gen) ** 3 * 2000).long()
+            kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1", "f2"], values=ids, lengths=torch.ones(3 * 256, dtype=torch.int32))
+            m(kjt).values().pow(2).sum().backward()
+            assert m.memory_bytes() <= m.budget_bytes
+            assert m.store.capacity <= m.store.plan.max_slots
+    assert len(m.telemetry) == 9  # steps 4, 7, ..., 28
+    target = math.floor(m.store.plan.max_slots * (1 - m.config.reserve_fraction))
+    for record in m.telemetry:
+        assert record["live_chunks"] <= target
+        assert record["allocated_bytes"] <= m.budget_bytes
+    assert m.store.counter_dict()["pruned_chunks"] > 0
+    # rows keep a prefix of their chunks: every live chunk k > 0 has chunk k-1 live
+    _, keys = m.store.live_keys()
+    chunk = keys & 63
+    has_prev = torch.isin(keys[chunk > 0] - 1, keys)
+    assert bool(has_prev.all())
+
+
+def test_resize_keeps_highest_prefix_utilities_and_readmits_rising_rows():
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=100, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**6, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.0)
+    store = m.store
+    m.import_dense_weights({"t": torch.randn(100, 8)})
+    assert store.num_live == 200
+    # pretend the budget allows only 3 chunks, and set utilities by hand
+    store.plan.max_slots = 3
+    slots, keys = store.live_keys()
+    util = torch.zeros_like(store.slot_utility)
+    rows, chunk = (keys >> 6), keys & 63
+    util[slots[(rows == 5) & (chunk == 0)]] = 10.0
+    util[slots[(rows == 5) & (chunk == 1)]] = 1.0  # row 5: [10, 1]
+    util[slots[(rows == 7) & (chunk == 0)]] = 3.0
+    util[slots[(rows == 7) & (chunk == 1)]] = 9.0  # row 7: [3, 9] -> effective [3, 3]
+    util[slots[(rows == 9) & (chunk == 0)]] = 2.0
+    store.slot_utility.copy_(util)
+    record = m.resize_now()
+    _, kept = store.live_keys()
+    assert sorted(kept.tolist()) == sorted([(5 << 6), (7 << 6), (7 << 6) + 1])
+    assert record["thresholds"] == [3.0, 3.0]
+    assert store.counter_dict()["pruned_chunks"] == 197
+    # row 5's pruned chunk 1 went to the sketch (decayed x0.5); row 9 now needs >= 3 to come back
+    assert float(store.sketch_estimate(torch.tensor([5 << 6]))) == pytest.approx(0.5)
+    assert float(store.sketch_estimate(torch.tensor([9 << 6]))) == pytest.approx(1.0)
+    store.plan.max_slots = 10
+    store.sketch_add(torch.tensor([9 << 6]), torch.tensor([5.0]))  # row 9's candidate utility rises to 6
+    m.train()
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([9, 5]), lengths=torch.tensor([1, 1]))
+    m(kjt).values().sum().backward()
+    assert int(store.active_chunks(0, torch.tensor([9]))) == 2  # 6 >= theta for both positions
+    assert int(store.active_chunks(0, torch.tensor([5]))) == 1  # 0.5 < theta: stays at one chunk
+
+
+def test_unused_chunks_are_freed_and_the_pool_compacts():
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=5000, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**7, chunk_size=4, warmup_steps=2, resize_interval=100,
+                                             initial_capacity=256)
+    m.import_dense_weights({"t": torch.randn(5000, 8)})
+    sketch = m.store.sketch.numel() * 4  # fixed: sized from the budget, not from the live chunks
+    before = m.memory_bytes() - sketch
+    assert m.store.capacity >= 10000
+    for _ in range(2):  # only rows 0..9 are used
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.arange(10), lengths=torch.ones(10, dtype=torch.int32))
+        m(kjt).values().sum().backward()
+    m(kjt).values().sum().backward()  # step 2: the resize frees the unused chunks
+    assert m.store.num_live == 20
+    assert m.store.counter_dict()["compactions"] == 1
+    assert m.store.capacity == 256 and m.memory_bytes() - sketch < before / 10
+    m.eval()
+    torch.testing.assert_close(m(kjt).values()[:, :8].shape, torch.Size([10, 8]))
+
+
+def test_checkpoint_resume_is_bit_identical():
+    tables = small_tables(dim=8, rows=(40, 25))
+    options = dict(memory_budget=3000, chunk_size=4, warmup_steps=3, resize_interval=2, initial_capacity=16, learning_rate=0.1)
+    torch.manual_seed(0)
+    a = emb_opt.FiitedEmbeddingBagCollection(tables, **options)
+    outs_a, checkpoint = [], None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for step in range(12):
+            if step == 5:
+                checkpoint = copy.deepcopy(a.state_dict())
+            out = a(random_kjt(step, max_len=4))
+            out.values().pow(2).sum().backward()
+            outs_a.append(out.values().detach())
+        b = emb_opt.FiitedEmbeddingBagCollection(tables, **options)
+        b.load_state_dict(checkpoint)
+        for step in range(5, 12):
+            out = b(random_kjt(step, max_len=4))
+            out.values().pow(2).sum().backward()
+            assert torch.equal(out.values().detach(), outs_a[step]), f"step {step} differs after reload"
+    assert torch.equal(a.store.pool_weights, b.store.pool_weights)
+    assert torch.equal(a.store.sketch, b.store.sketch)
+    assert a.store.counter_dict() == b.store.counter_dict()
+    assert len(b.telemetry) == len(a.telemetry)
+
+
+def test_load_state_dict_of_other_tables_is_refused():
+    a = emb_opt.FiitedEmbeddingBagCollection(small_tables(rows=(40, 25)), 10**5, chunk_size=4)
+    b = emb_opt.FiitedEmbeddingBagCollection(small_tables(rows=(41, 25)), 10**5, chunk_size=4)
+    with pytest.raises(RuntimeError, match="checkpoint tables"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_inside_dlrm_and_convert():
+    torch.manual_seed(0)
+    tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=8, num_embeddings=50, feature_names=[f"f{i}"]) for i in range(2)]
+    model = DLRM(embedding_bag_collection=EmbeddingBagCollection(tables), dense_in_features=3,
+                 dense_arch_layer_sizes=[4, 8], over_arch_layer_sizes=[4, 1])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1"], values=torch.tensor([5, 10, 3, 9, 1]), lengths=torch.tensor([2, 0, 1, 2]))
+    dense = torch.randn(2, 3)
+    model.eval()
+    ref = model(dense, kjt)
+    convert(model, 10**6, chunk_size=4)
+    fiited = model.sparse_arch.embedding_bag_collection
+    assert isinstance(fiited, emb_opt.FiitedEmbeddingBagCollection)
+    assert not any("embedding_bags" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(model(dense, kjt), ref)  # weights were copied
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(dense, kjt).squeeze(1), torch.tensor([1.0, 0.0]))
+    loss.backward()
+    opt.step()
+    assert fiited.store.step == 1
+    with pytest.raises(ValueError, match="no torchrec EmbeddingBagCollection"):
+        convert(model, 0.5)
+
+
+def test_convert_with_small_budget_keeps_largest_chunks():
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=1000, feature_names=["f"])]
+    model = torch.nn.Sequential()
+    model.add_module("ebc", EmbeddingBagCollection(tables))
+    weights = model.ebc.embedding_bags["t"].weight.detach().clone()
+    convert(model, 0.1, chunk_size=4)
+    dense = model.ebc.to_dense_weights("t")
+    kept = dense.abs().sum(1) > 0
+    assert 0 < int(kept.sum()) < 1000 and model.ebc.memory_bytes() <= model.ebc.budget_bytes
+    norms = weights.reshape(1000, 2, 4).norm(dim=2)[:, 0]
+    assert float(norms[kept].min()) >= float(norms[~kept].max()) - 1e-6  # first chunks chosen by magnitude
+    torch.testing.assert_close(dense[kept][:, :4], weights[kept][:, :4])
+
+
+def test_hundred_million_row_virtual_table_is_cheap():
+    tables = [EmbeddingBagConfig(name="huge", embedding_dim=128, num_embeddings=10**8, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 16 * 2**20, chunk_size=16)  # 16 MiB for a 51 GB table
+    assert m.full_bytes > 5 * 10**10
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([0, 99_999_999, 12345678]), lengths=torch.tensor([2, 1]))
+    out = m(kjt)
+    out.values().sum().backward()
+    assert out.values().shape == (2, 128)
+    assert m.memory_bytes() <= 16 * 2**20
+    assert int(m.store.active_chunks(0, torch.tensor([99_999_999]))) == 8
+
+
+def test_full_store_policy_rows_read_zero_and_are_counted():
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=1000, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 2000, chunk_size=4, warmup_steps=10**6)
+    max_slots = m.store.plan.max_slots
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.arange(100), lengths=torch.ones(100, dtype=torch.int32))
+    with pytest.warns(RuntimeWarning, match="store full"):
+        out = m(kjt).values()
+    granted_rows = max_slots // 2
+    assert bool((out[granted_rows + 1 :] == 0).all())
+    assert bool((out[: granted_rows].abs().sum(1) > 0).all())
+    assert m.store.counter_dict()["denied_admissions"] == 200 - max_slots
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1"], values=torch.tensor([1, 2]), lengths=torch.tensor([1, 1, 0, 0])),
+         ValueError, r"lacks feature\(s\) \['f2'\]"),
+        (lambda: KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f2", "f1"], values=torch.tensor([1, -4, 2]), lengths=torch.tensor([1, 1, 1, 0, 0, 0])),
+         ValueError, r"feature 'f0' \(table 't0'\): id -4 of sample 1 is out of range \[0, 40\)"),
+        (lambda: KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f2", "f1"], values=torch.tensor([1, 2, 25]), lengths=torch.tensor([1, 0, 1, 0, 0, 1])),
+         ValueError, r"feature 'f1' \(table 't1'\): id 25 of sample 1 is out of range \[0, 25\)"),
+        (lambda: KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f2", "f1"], values=torch.tensor([1.0, 2.0, 3.0]), lengths=torch.tensor([1, 1, 1])),
+         ValueError, "ids must be int32 or int64"),
+    ],
+)
+def test_bad_input_errors(make, error, match):
+    m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4)
+    with pytest.raises(error, match=match):
+        m(make())
+
+
+def test_extra_features_are_ignored_and_order_does_not_matter():
+    m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), ROOMY, chunk_size=4)
+    m.eval()
+    base = random_kjt(3)
+    reordered = KeyedJaggedTensor.from_jt_dict({k: base[k] for k in ["f1", "extra", "f0", "f2"]} if False else
+                                               {"f1": base["f1"], "f0": base["f0"], "f2": base["f2"]})
+    torch.testing.assert_close(m(base).values(), m(reordered).values())
+
+
+def test_bad_construction_errors():
+    with pytest.raises(ValueError, match="embedding_dim 10 is not divisible by chunk_size 4"):
+        emb_opt.FiitedEmbeddingBagCollection([EmbeddingBagConfig(name="x", embedding_dim=10, num_embeddings=5, feature_names=["f"])], 10**5, chunk_size=4)
+    with pytest.raises(ValueError, match="too small"):
+        emb_opt.FiitedEmbeddingBagCollection(small_tables(), 100, chunk_size=4)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        emb_opt.FiitedEmbeddingBagCollection(small_tables(), 1.5, chunk_size=4)
+    with pytest.raises(ValueError, match="unsupported optimizer"):
+        emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4, optimizer="adam")
+    with pytest.raises(TypeError, match="unknown FIITED option"):
+        emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4, warmup=3)
