@@ -7,10 +7,28 @@
 """
 from emb_opt.config import FiitedConfig, OptimizerType, UtilityRule
 from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+from emb_opt.row_pruning import RowPruningEmbeddingBagCollection
+from emb_opt.convert import convert
 
 __all__ = [
     "FiitedConfig",
     "OptimizerType",
     "UtilityRule",
     "FiitedEmbeddingBagCollection",
+    "RowPruningEmbeddingBagCollection",
+    "convert",
+    "memory_report",
+    "plot_memory_report",
+    "plot_telemetry",
 ]
+
+_REPORT_EXPORTS = {"memory_report": "emb_opt.report", "plot_memory_report": "emb_opt.report_plots",
+                   "plot_telemetry": "emb_opt.report_plots"}
+
+
+def __getattr__(name: str):  # the report (pandas, matplotlib) is imported when first asked for
+    if name in _REPORT_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_REPORT_EXPORTS[name]), name)
+    raise AttributeError(f"module 'emb_opt' has no attribute {name!r}")

@@ -22,7 +22,8 @@ BUCKET_BYTES = 4
 FREE_LIST_BYTES = 4
 UTILITY_BYTES = 4
 SKETCH_DEPTH = 2
-METADATA_BYTES_PER_TABLE = 8 + 4  # rows (int64) + chunks (int32)
+METADATA_BYTES_PER_TABLE = 8 + 4 + 4  # rows (int64) + chunks (int32) + init scale (float32)
+METADATA_BYTES_PER_FEATURE = 4 + 8  # feature -> table (int32), first output column (int64)
 COUNTER_BYTES = 8 * 8
 
 
@@ -73,12 +74,14 @@ def resolve_budget(memory_budget: Union[int, float], full_bytes: int) -> int:
     raise TypeError(f"memory_budget must be int (bytes) or float (fraction), got {type(memory_budget).__name__}")
 
 
-def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: int, config: FiitedConfig) -> StorePlan:
+def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: int, config: FiitedConfig,
+               num_features: int = 0) -> StorePlan:
     """How many chunk slots (and sketch cells) fit in ``budget_bytes``; raises if not even one slot does."""
     sketch_width = max(1, int(config.sketch_fraction * budget_bytes) // (SKETCH_DEPTH * FLOAT_BYTES))
     fixed = (
         SKETCH_DEPTH * sketch_width * FLOAT_BYTES
         + METADATA_BYTES_PER_TABLE * num_tables
+        + METADATA_BYTES_PER_FEATURE * num_features
         + FLOAT_BYTES * max_chunks  # thresholds
         + COUNTER_BYTES
         + 16 * BUCKET_BYTES  # the hash table's minimum size

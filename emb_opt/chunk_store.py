@@ -17,8 +17,9 @@ allocated bytes -- not just live bytes -- stay within the memory budget at all t
 
 Admission (``admit``, training forwards): a touched row whose next chunk position k has sketch estimate
 >= thresholds[k] gets chunks while free slots last -- before the first resize thresholds are 0, so rows get
-all their chunks on first touch while the budget allows. When the store is full, rows get no (more) chunks
-and read as zeros (counted in ``denied_admissions``, warned once); the next resize frees the least useful.
+all their chunks on first touch while the budget allows. When free slots run short, the rows with the highest candidate
+utility are served first (ties in a pseudo-random order, so no table or feature is favoured); the others get
+no (more) chunks and read as zeros (counted in ``denied_admissions``, warned once) until a resize frees room.
 New chunks get a deterministic pseudo-random init (a hash of key and step, uniform in +-init_scale of the
 table, TorchRec's default sqrt(1/rows)), zero optimizer state, and the row's candidate utility.
 Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resize``.
@@ -268,7 +269,10 @@ class VhpiChunkStore(nn.Module):
             return slots
         free = self.ensure_free(total)
         granted = wanted
-        if free < total:  # first come, first served, in first-occurrence order
+        if free < total:  # not enough room: highest candidate utility first, ties in a pseudo-random order
+            order = torch.argsort(ops.mix_hash(row_keys[rows], 1 << 62, self.step))  # the tie order
+            order = order[torch.argsort(estimate[order], descending=True, stable=True)]
+            rows, wanted, estimate = rows[order], wanted[order], estimate[order]
             before = torch.cumsum(wanted, 0) - wanted
             granted = (free - before).clamp(min=0).minimum(wanted)
             self.counters[DENIED] += total - free

@@ -14,6 +14,8 @@ Every knob the design exposes is here with the reason for its default:
 * ``threshold_mode``: "global" -- one utility threshold for every chunk position (the top chunks by utility
   fill the budget) -- or "per_position" -- utilities are first divided by their chunk position's mean, so each
   position gets its own threshold ``theta_k = theta * mean_k``.
+* ``position_exponent`` beta: position k's threshold is ``theta * (k + 1) ** beta`` -- the diminishing-returns
+  prior on later chunks (see ``emb_opt.resize``); 0 = one threshold for all positions.
 * hash table: ``max_load_factor`` (buckets = slots / load) and ``max_probe`` (linear-probe bound).
 * ``sketch_fraction``: share of the budget for the count-min sketch that remembers the utility of rows or
   chunks that are not stored (so they can be re-admitted when they earn it).
@@ -91,6 +93,7 @@ class FiitedConfig:
     utility_decay: float = 0.5
     reserve_fraction: float = 0.05
     threshold_mode: str = "global"
+    position_exponent: float = 0.0
     max_load_factor: float = 0.5
     max_probe: int = 128
     sketch_fraction: float = 0.05
@@ -109,6 +112,7 @@ class FiitedConfig:
             (0 < self.utility_decay <= 1, f"utility_decay must be in (0, 1], got {self.utility_decay}"),
             (0 <= self.reserve_fraction < 1, f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}"),
             (self.threshold_mode in ("global", "per_position"), f"threshold_mode must be 'global' or 'per_position', got {self.threshold_mode!r}"),
+            (self.position_exponent >= 0, f"position_exponent must be >= 0, got {self.position_exponent}"),
             (0 < self.max_load_factor < 1, f"max_load_factor must be in (0, 1), got {self.max_load_factor}"),
             (self.max_probe >= 1, f"max_probe must be >= 1, got {self.max_probe}"),
             (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),

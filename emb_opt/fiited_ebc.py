@@ -86,7 +86,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         chunks = chunk_counts(dims, self.config.chunk_size, names)
         self.full_bytes = total_full_bytes(rows, dims, self.config.optimizer)
         self.budget_bytes = resolve_budget(memory_budget, self.full_bytes)
-        plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config)
+        num_features = sum(len(t.feature_names) for t in self._tables)
+        plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config, num_features)
         scales = [self._init_scale(t) for t in self._tables]
         self.store = VhpiChunkStore(names, rows, chunks, scales, plan, self.config, self._device)
         # feature layout: EBC order (tables in order, each table's features in order)
@@ -254,15 +255,31 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     # ---- memory ----------------------------------------------------------------------------------------
     def memory_bytes(self) -> int:
-        """Bytes allocated by the store now (never above ``budget_bytes``)."""
-        return self.store.total_bytes()
+        """Bytes allocated now: the store plus the per-feature layout (never above ``budget_bytes``)."""
+        layout = self._feature_table.numel() * 4 + self._feature_cols.numel() * 8
+        return self.store.total_bytes() + layout
 
     def snapshot(self) -> Dict[str, Any]:
         """A telemetry record of the store as it is now."""
         return telemetry_record(self.store)
 
     def get_extra_state(self) -> Dict[str, Any]:
-        return {"telemetry": self.telemetry, "budget_bytes": self.budget_bytes, "full_bytes": self.full_bytes}
+        """Self-description carried by checkpoints, so ``emb_opt.report`` can read a bare state_dict."""
+        return {
+            "kind": "fiited",
+            "tables": [
+                {"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim,
+                 "feature_names": list(t.feature_names)}
+                for t in self._tables
+            ],
+            "chunk_size": self.config.chunk_size,
+            "optimizer": self.config.optimizer.value,
+            "utility": self.config.utility.value,
+            "budget_bytes": self.budget_bytes,
+            "full_bytes": self.full_bytes,
+            "max_slots": self.store.plan.max_slots,
+            "telemetry": self.telemetry,
+        }
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.telemetry = list(state.get("telemetry", []))

@@ -4,12 +4,15 @@ Run every ``resize_interval`` training steps after ``warmup_steps`` (``FiitedEmb
 it at the start of the forward that crosses the boundary). With live chunks sorted by key (rows together,
 chunk positions ascending):
 
-1. Effective utility ``e(r, k) = min_{j <= k} u(r, j)`` -- a chunk is only worth keeping if every chunk
-   before it is (a row's vector is a prefix). In "per_position" mode utilities are first divided by the mean
-   utility of their chunk position.
+1. Effective utility ``e(r, k) = min_{j <= k} u(r, j) / s_j`` -- a chunk is only worth keeping if every
+   chunk before it is (a row's vector is a prefix). The position scale ``s_k = (k + 1) ** position_exponent``
+   (times the mean utility of position k in "per_position" mode) makes later chunks earn more: gradients say
+   how much a dimension is used, not how much a row still gains from one more chunk once it holds a few, so
+   the exponent is the diminishing-returns prior (``0``: one threshold for all positions; MDE-style mixed
+   dimensions ``d ~ popularity ** alpha`` correspond to an exponent ``1 / alpha``).
 2. Keep the ``target = (1 - reserve_fraction) * max_slots`` chunks of highest ``e`` (ties: lower position
    first, so the kept set stays prefix-closed); threshold ``theta`` = the smallest kept ``e``; position k's
-   threshold is ``theta`` (x its position mean in "per_position" mode). If everything fits, thresholds are 0
+   threshold is ``theta * s_k``. If everything fits, thresholds are 0
    (free slots go to whoever comes). Chunks with utility exactly 0 -- never used since they were stored,
    e.g. imported by ``convert`` and never looked up -- are pruned in any case.
 3. Pruned chunks free their slots (LIFO free list); the utility of each row's first pruned chunk goes into
@@ -28,6 +31,11 @@ import torch
 
 from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
 from emb_opt.chunk_store import COMPACTIONS, NUM_FREE, PRUNED, RESIZES, STEP, VhpiChunkStore
+
+
+def position_scale(max_chunks: int, exponent: float, device: torch.device) -> torch.Tensor:
+    """``(k + 1) ** exponent`` for chunk positions k: how much more utility position k must earn."""
+    return torch.arange(1, max_chunks + 1, dtype=torch.float32, device=device) ** exponent
 
 
 def effective_utility(keys: torch.Tensor, utility: torch.Tensor, max_chunks: int) -> torch.Tensor:
@@ -76,11 +84,11 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
     slots, keys = store.live_keys()
     utility = store.slot_utility[slots]
     chunk = keys & (MAX_CHUNKS - 1)
-    scale = torch.ones(store.max_chunks, device=utility.device)
+    scale = position_scale(store.max_chunks, config.position_exponent, utility.device)
     if config.threshold_mode == "per_position" and keys.numel():
         sums = torch.zeros(store.max_chunks, device=utility.device).index_add_(0, chunk, utility)
         counts = torch.bincount(chunk, minlength=store.max_chunks).clamp(min=1)
-        scale = (sums / counts).clamp(min=1e-30)
+        scale = scale * (sums / counts).clamp(min=1e-30)
     e = effective_utility(keys, utility / scale[chunk], store.max_chunks)
     target = int(math.floor(store.plan.max_slots * (1.0 - config.reserve_fraction)))
     keep = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -70,25 +70,51 @@ class HashingTransform(nn.Module):
         )
 
 
+def row_cap_for_fraction(rows: List[int], fraction: float) -> int:
+    """The largest per-table cap H with ``sum(min(N_t, H)) <= fraction * sum(N_t)`` (at least 1).
+
+    Capping every table at H rows is DLRM's ``--max-ind-range``: small tables stay whole (they are cheap and
+    hashing them would destroy them), large tables are hashed down -- the fair way to spend a total budget.
+    """
+    target = fraction * sum(rows)
+    low, high = 1, max(rows)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(min(n, mid) for n in rows) <= target:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 def hashed_table_configs(
     tables: List[EmbeddingBagConfig],
     num_buckets: Optional[Dict[str, int]] = None,
     row_fraction: Optional[float] = None,
+    total_row_fraction: Optional[float] = None,
 ) -> List[EmbeddingBagConfig]:
-    """Copies of ``tables`` with ``num_embeddings`` set to each table's bucket count.
+    """Copies of ``tables`` with ``num_embeddings`` set to each table's bucket count. Give exactly one of:
 
-    Give either ``num_buckets`` (table name -> rows) or ``row_fraction`` (rows = ceil(fraction x rows), >= 1).
+    * ``num_buckets``: table name -> rows;
+    * ``row_fraction``: every table gets ``ceil(fraction x rows)`` rows (>= 1);
+    * ``total_row_fraction``: tables are capped at one row count H so that all tables together keep that
+      fraction of the rows (``row_cap_for_fraction``).
     """
-    if (num_buckets is None) == (row_fraction is None):
-        raise ValueError("give exactly one of num_buckets (per table) or row_fraction")
-    if row_fraction is not None and not 0 < row_fraction <= 1:
-        raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
+    given = [x is not None for x in (num_buckets, row_fraction, total_row_fraction)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of num_buckets (per table), row_fraction or total_row_fraction")
+    for name, value in (("row_fraction", row_fraction), ("total_row_fraction", total_row_fraction)):
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+    cap = row_cap_for_fraction([t.num_embeddings for t in tables], total_row_fraction) if total_row_fraction else None
     configs = []
     for table in tables:
         if num_buckets is not None:
             if table.name not in num_buckets:
                 raise ValueError(f"num_buckets has no entry for table {table.name!r}")
             rows = int(num_buckets[table.name])
+        elif cap is not None:
+            rows = min(table.num_embeddings, cap)
         else:
             rows = max(1, math.ceil(row_fraction * table.num_embeddings))
         config = copy.deepcopy(table)
@@ -102,9 +128,11 @@ class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     Args:
         tables: the full tables (``num_embeddings`` = raw id range, kept as ``virtual_configs``).
-        num_buckets / row_fraction: rows per table after hashing (see ``hashed_table_configs``).
+        num_buckets / row_fraction / total_row_fraction: rows per table after hashing (``hashed_table_configs``).
         seed: base seed; table ``i`` uses ``seed + i``.
         method: "mix" or "modulo".
+        collection_factory: builds the inner collection from the hashed configs (default: a plain
+            ``EmbeddingBagCollection``; e.g. a ``FusedEmbeddingBagCollection`` for a fused optimizer).
     """
 
     def __init__(
@@ -113,13 +141,15 @@ class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         num_buckets: Optional[Dict[str, int]] = None,
         row_fraction: Optional[float] = None,
         seed: int = 0,
+        total_row_fraction: Optional[float] = None,
         method: str = "mix",
         is_weighted: bool = False,
         device: Optional[torch.device] = None,
+        collection_factory: Optional[Callable[[List[EmbeddingBagConfig]], EmbeddingBagCollectionInterface]] = None,
     ) -> None:
         super().__init__()
         self.virtual_configs = [copy.deepcopy(t) for t in tables]
-        hashed = hashed_table_configs(tables, num_buckets, row_fraction)
+        hashed = hashed_table_configs(tables, num_buckets, row_fraction, total_row_fraction)
         buckets: Dict[str, int] = {}
         seeds: Dict[str, int] = {}
         for index, config in enumerate(hashed):
@@ -127,7 +157,10 @@ class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 buckets[feature] = config.num_embeddings
                 seeds[feature] = seed + index
         self.transform = HashingTransform(buckets, seeds, method)
-        self.ebc = EmbeddingBagCollection(tables=hashed, is_weighted=is_weighted, device=device)
+        if collection_factory is None:
+            self.ebc = EmbeddingBagCollection(tables=hashed, is_weighted=is_weighted, device=device)
+        else:
+            self.ebc = collection_factory(hashed)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         return self.ebc(self.transform(features))

@@ -73,3 +73,27 @@ def test_collision_stats_match_expectation():
     alone = [i for i in range(200) if int((buckets == buckets[i]).sum()) == 1][0]
     freqs[alone] = 1.0
     assert hashing.collision_stats(ids, 10_000, 1, frequencies=freqs).traffic_collision_rate == 0.0
+
+
+def test_hashed_collection_row_budgets():
+    from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+
+    from hashing.hashed_ebc import HashedEmbeddingBagCollection, hashed_table_configs, row_cap_for_fraction
+
+    rows = [3, 10, 1000, 50_000]
+    tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=4, num_embeddings=n, feature_names=[f"f{i}"]) for i, n in enumerate(rows)]
+    cap = row_cap_for_fraction(rows, 0.1)
+    kept = [c.num_embeddings for c in hashed_table_configs(tables, total_row_fraction=0.1)]
+    assert kept[:3] == [3, 10, 1000] and kept[3] == cap < 50_000  # small tables whole, the large one capped
+    assert sum(kept) <= 0.1 * sum(rows) < sum(min(n, cap + 1) for n in rows)
+    assert [c.num_embeddings for c in hashed_table_configs(tables, row_fraction=0.1)] == [1, 1, 100, 5000]
+    with pytest.raises(ValueError, match="exactly one"):
+        hashed_table_configs(tables, row_fraction=0.1, total_row_fraction=0.1)
+    m = HashedEmbeddingBagCollection(tables, total_row_fraction=0.1, seed=5)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1", "f2", "f3"], values=torch.tensor([2, 9, 999, 49_999]),
+                                              lengths=torch.ones(4, dtype=torch.int32))
+    out = m(kjt)
+    assert out.values().shape == (1, 16)
+    with pytest.raises(ValueError, match="feature 'f2' ids must be >= 0"):
+        m(KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1", "f2", "f3"], values=torch.tensor([2, 9, -1, 4]),
+                                              lengths=torch.ones(4, dtype=torch.int32)))

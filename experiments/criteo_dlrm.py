@@ -1,0 +1,216 @@
+"""Criteo DLRM comparison: full tables vs random hashing vs row pruning vs FIITED, at equal bytes.
+
+    python -m experiments.criteo_dlrm                      # built-in synthetic Criteo-shaped data
+    python -m experiments.criteo_dlrm --quick              # a one-minute smoke run
+    python -m experiments.criteo_dlrm --data-dir ~/criteo  # real Kaggle train.txt or Terabyte day_* files
+
+Trains ``torchrec.models.dlrm.DLRM`` once per method (same data order, same seeds, same row-wise Adagrad for
+the tables, Adam for the dense part) and evaluates AUC / log loss / NE on held-out samples: the synthetic
+generator's eval stream, or for real files the lines right after the training lines (time order). Prints the
+table, appends it to ``<out>/results.csv`` and plots AUC vs embedding bytes (``<out>/auc_vs_bytes.png``) and the
+FIITED runs' dimensions over training (``<out>/telemetry_<method>.png``). Budgets are fractions of the full
+tables' bytes with their optimizer state; FIITED and row pruning count every byte they allocate.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pandas as pd
+import torch
+from torchrec import EmbeddingBagConfig
+from torchrec.datasets.utils import Batch
+
+from experiments.data.batch import CAT_NAMES
+from experiments.data.synthetic_criteo import SyntheticCriteo, SyntheticCriteoConfig
+from experiments.methods import MethodSpec, build_collection, collection_bytes, full_bytes, parse_methods
+from experiments.train import build_dlrm, evaluate, train
+
+
+@dataclass
+class Config:
+    methods: str = "full,hash,rowprune,fiited"
+    budgets: str = "0.1,0.05,0.01"
+    data_dir: str = ""  # real Criteo TSV files (train.txt or day_*[.gz]); empty = synthetic
+    row_budget: int = 1 << 20  # real data: rows per feature after `id mod (H-1)` (the DLRM preprocessing)
+    steps: int = 700
+    batch_size: int = 4096
+    eval_batches: int = 12
+    eval_batch_size: int = 8192
+    embedding_dim: int = 64
+    chunk_size: int = 16
+    emb_lr: float = 0.05
+    dense_lr: float = 1e-3
+    warmup_steps: int = 100
+    resize_interval: int = 50
+    cardinality_scale: float = 0.01
+    seed: int = 0
+    out: str = "results/criteo_dlrm"
+    quick: bool = False
+    progress: bool = True
+
+
+QUICK = dict(steps=120, batch_size=2048, eval_batches=4, warmup_steps=30, resize_interval=20, cardinality_scale=0.004)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "quick":
+            parser.add_argument(flag, action="store_true", help="a one-minute smoke run (smaller data, fewer steps)")
+        elif f.name == "progress":
+            parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, dest=f.name, help=f"(default {f.default!r})")
+    config = Config(**vars(parser.parse_args(argv)))
+    if config.quick:
+        defaults = Config()
+        for key, value in QUICK.items():
+            if getattr(config, key) == getattr(defaults, key):
+                setattr(config, key, value)
+    return config
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+class DataSource:
+    """Train / eval batches and table sizes, from the synthetic generator or real Criteo files."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        if config.data_dir:
+            from experiments.data.criteo_tsv import CriteoTsvReader
+
+            files = sorted(glob.glob(os.path.join(config.data_dir, "day_*"))) or sorted(
+                glob.glob(os.path.join(config.data_dir, "train.txt*")))
+            if not files:
+                raise FileNotFoundError(f"no Criteo files (day_* or train.txt) in {config.data_dir!r}")
+            self.files = files
+            self.reader_kwargs = dict(row_budget=config.row_budget)
+            self.cardinalities = CriteoTsvReader(files, 1, **self.reader_kwargs).num_embeddings_per_feature()
+            self.description = f"Criteo files {', '.join(os.path.basename(f) for f in files)} (id mod {config.row_budget - 1})"
+        else:
+            self.synthetic = SyntheticCriteo(SyntheticCriteoConfig(cardinality_scale=config.cardinality_scale, seed=config.seed))
+            self.cardinalities = self.synthetic.cardinalities
+            self.description = (f"synthetic Criteo-shaped data (cardinality scale {config.cardinality_scale}, "
+                                f"{sum(self.cardinalities):,} rows in 26 tables)")
+
+    def train_batches(self) -> Iterator[Batch]:
+        c = self.config
+        if not c.data_dir:
+            return self.synthetic.batches(c.batch_size, c.steps, stream=0)
+        from experiments.data.criteo_tsv import CriteoTsvReader
+
+        return iter(CriteoTsvReader(self.files, c.batch_size, max_lines=c.steps * c.batch_size, **self.reader_kwargs))
+
+    def eval_batches(self) -> List[Batch]:
+        c = self.config
+        if not c.data_dir:
+            return list(self.synthetic.batches(c.eval_batch_size, c.eval_batches, stream=1))
+        from experiments.data.criteo_tsv import CriteoTsvReader
+
+        # the lines right after the training lines (time order), read in training-size batches
+        eval_lines = c.eval_batches * c.eval_batch_size
+        reader = CriteoTsvReader(self.files, c.batch_size, max_lines=c.steps * c.batch_size + eval_lines, **self.reader_kwargs)
+        batches = [b for i, b in enumerate(reader) if i >= c.steps]
+        if not batches:
+            raise ValueError(f"no evaluation lines left after the {c.steps * c.batch_size} training lines; lower --steps")
+        return batches
+
+    def tables(self) -> List[EmbeddingBagConfig]:
+        d = self.config.embedding_dim
+        return [EmbeddingBagConfig(name=f"t_{n}", embedding_dim=d, num_embeddings=rows, feature_names=[n])
+                for n, rows in zip(CAT_NAMES, self.cardinalities)]
+
+
+# ---- one method ---------------------------------------------------------------------------------------
+def run_method(spec: MethodSpec, data: DataSource, eval_set: List[Batch], config: Config) -> Tuple[Dict, object]:
+    torch.manual_seed(config.seed)
+    tables = data.tables()
+    fiited_options = dict(warmup_steps=config.warmup_steps, resize_interval=config.resize_interval)
+    collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, fiited_options)
+    model = build_dlrm(collection, config.embedding_dim)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="FIITED store full")
+        result = train(model, data.train_batches(), config.steps, config.dense_lr, desc=spec.name, progress=config.progress)
+    metrics = evaluate(model, eval_set)
+    nbytes = collection_bytes(collection)
+    row = {
+        "method": spec.name, "kind": spec.kind, "budget": spec.budget if spec.budget is not None else 1.0,
+        "embedding_bytes": nbytes, "bytes_fraction": nbytes / full_bytes(tables),
+        **{k: round(v, 5) for k, v in metrics.items()},
+        "train_seconds": round(result.seconds, 1), "steps": result.steps, "samples": result.samples,
+        "final_train_loss": round(result.losses[-1], 5) if result.losses else float("nan"),
+    }
+    return row, collection
+
+
+def plot_auc_vs_bytes(df: pd.DataFrame, path: str, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, group in df.groupby("kind", sort=False):
+        group = group.sort_values("embedding_bytes")
+        ax.plot(group["embedding_bytes"], group["auc"], marker="o" if len(group) > 1 else "*", markersize=9,
+                linestyle="-" if len(group) > 1 else "none", label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding bytes (weights + optimizer state + index)")
+    ax.set_ylabel("eval AUC")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
+    config = parse_args(argv)
+    torch.manual_seed(config.seed)
+    os.makedirs(config.out, exist_ok=True)
+    specs = parse_methods(config.methods, config.budgets)
+    data = DataSource(config)
+    print(f"data: {data.description}")
+    print(f"model: DLRM, dim {config.embedding_dim}, {config.steps} steps x {config.batch_size}; methods: "
+          f"{', '.join(s.name for s in specs)}; full tables = {full_bytes(data.tables()) / 2**20:.1f} MiB")
+    eval_set = data.eval_batches()
+    rows = []
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    for spec in specs:
+        row, collection = run_method(spec, data, eval_set, config)
+        rows.append(row)
+        print(f"  {row['method']:<16} AUC {row['auc']:.4f}  logloss {row['log_loss']:.4f}  "
+              f"bytes {row['embedding_bytes'] / 2**20:8.2f} MiB ({100 * row['bytes_fraction']:.2f}% of full)  "
+              f"{row['train_seconds']:.0f} s", flush=True)
+        telemetry = getattr(collection, "telemetry", None)
+        if telemetry:
+            try:
+                from emb_opt import plot_telemetry
+
+                plot_telemetry(telemetry, os.path.join(config.out, f"telemetry_{spec.name}.png"))
+            except (ImportError, AttributeError):  # pragma: no cover - report plots are optional here
+                pass
+    df = pd.DataFrame(rows)
+    columns = ["method", "auc", "log_loss", "ne", "embedding_bytes", "bytes_fraction", "train_seconds"]
+    print("\n" + df[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    record = df.assign(started=started, data=data.description, **{f"cfg_{k}": v for k, v in dataclasses.asdict(config).items()
+                                                                  if k not in ("methods", "out", "progress")})
+    csv = os.path.join(config.out, "results.csv")
+    record.to_csv(csv, mode="a", header=not os.path.exists(csv), index=False)
+    png = plot_auc_vs_bytes(df, os.path.join(config.out, "auc_vs_bytes.png"), f"DLRM on {data.description}")
+    print(f"wrote {csv} and {png}")
+    return df
+
+
+if __name__ == "__main__":
+    main()
