@@ -22,7 +22,7 @@ BUCKET_BYTES = 4
 FREE_LIST_BYTES = 4
 UTILITY_BYTES = 4
 SKETCH_DEPTH = 2
-METADATA_BYTES_PER_TABLE = 8 + 4 + 4  # rows (int64) + chunks (int32) + init scale (float32)
+METADATA_BYTES_PER_TABLE = 8 + 4 + 4 + 8  # rows (int64), chunks (int32), init scale (float32), init salt (int64)
 METADATA_BYTES_PER_FEATURE = 4 + 8  # feature -> table (int32), first output column (int64)
 COUNTER_BYTES = 8 * 8
 

@@ -26,6 +26,7 @@ Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resiz
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Dict, List, Tuple
 
@@ -43,6 +44,11 @@ COUNTER_NAMES = ["step", "num_free", "resizes", "denied_admissions", "admitted_c
                  "hash_rebuilds", "compactions"]  # fmt: skip
 _SKETCH_SEEDS = (101, 202)
 _INIT_SEED = 303
+
+
+def _name_salt(name: str) -> int:
+    """A stable 62-bit number from a table name (the same in every process and shard)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 2
 
 
 class VhpiChunkStore(nn.Module):
@@ -71,6 +77,7 @@ class VhpiChunkStore(nn.Module):
         self.register_buffer("table_rows", torch.tensor(table_rows, dtype=torch.int64, **kw))
         self.register_buffer("table_chunks", torch.tensor(table_chunks, dtype=torch.int32, **kw))
         self.register_buffer("init_scale", torch.tensor(init_scales, dtype=torch.float32, **kw))
+        self.register_buffer("table_salt", torch.tensor([_name_salt(n) for n in table_names], dtype=torch.int64, **kw))
         self.register_buffer("pool_weights", torch.zeros(capacity, c, **kw))
         self.register_buffer("pool_state", torch.zeros(capacity, width, **kw))
         self.register_buffer("slot_keys", torch.full((capacity,), -1, dtype=torch.int64, **kw))
@@ -112,7 +119,8 @@ class VhpiChunkStore(nn.Module):
             "optimizer": nbytes(self.pool_state),
             "index": nbytes(self.slot_keys, self.hash_buckets, self.free_stack),
             "utility": nbytes(self.slot_utility, self.sketch),
-            "metadata": nbytes(self.table_rows, self.table_chunks, self.init_scale, self.thresholds, self.counters),
+            "metadata": nbytes(self.table_rows, self.table_chunks, self.init_scale, self.table_salt, self.thresholds,
+                               self.counters),
         }
 
     def total_bytes(self) -> int:
@@ -232,9 +240,15 @@ class VhpiChunkStore(nn.Module):
             self.rebuild_hash()
 
     def _init_chunks(self, keys: torch.Tensor) -> torch.Tensor:
-        """Deterministic uniform(-s, s) init of chunks with these keys ([n, c]); s = the table's init scale."""
+        """Deterministic uniform(-s, s) init of chunks with these keys ([n, c]); s = the table's init scale.
+
+        Seeded by (table name, row, chunk, step) -- not by the table's index in this store -- so a table gets
+        the same values whichever collection or shard holds it.
+        """
         c = self.config.chunk_size
-        salted = ops.mix_hash(keys, 1 << 40, self.step + _INIT_SEED)
+        tables = key_table(keys)
+        local = keys & ((1 << (ROW_BITS + CHUNK_BITS)) - 1)  # row and chunk bits
+        salted = ops.mix_hash(ops.mix_hash(local, 1 << 62, self.step + _INIT_SEED) ^ self.table_salt[tables], 1 << 40, _INIT_SEED)
         bits = ops.mix_hash(salted.unsqueeze(1) * c + torch.arange(c, device=keys.device), 1 << 24, _INIT_SEED)
         unit = bits.to(torch.float32) / float(1 << 24)
         scale = self.init_scale[key_table(keys)].unsqueeze(1)

@@ -284,3 +284,16 @@ def test_bad_construction_errors():
         emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4, optimizer="adam")
     with pytest.raises(TypeError, match="unknown FIITED option"):
         emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4, warmup=3)
+
+
+def test_chunk_init_depends_on_table_name_not_position():
+    # a table gets the same fresh chunks whichever collection (or shard) holds it, at any index
+    t_a = EmbeddingBagConfig(name="a", embedding_dim=8, num_embeddings=30, feature_names=["fa"])
+    t_b = EmbeddingBagConfig(name="b", embedding_dim=8, num_embeddings=30, feature_names=["fb"])
+    both = emb_opt.FiitedEmbeddingBagCollection([t_a, t_b], ROOMY, chunk_size=4)
+    alone = emb_opt.FiitedEmbeddingBagCollection([t_b], ROOMY, chunk_size=4)
+    ids = torch.tensor([3, 7, 29])
+    both(KeyedJaggedTensor.from_lengths_sync(keys=["fa", "fb"], values=torch.cat([ids, ids]), lengths=torch.ones(6, dtype=torch.int32)))
+    alone(KeyedJaggedTensor.from_lengths_sync(keys=["fb"], values=ids, lengths=torch.ones(3, dtype=torch.int32)))
+    torch.testing.assert_close(both.to_dense_weights("b"), alone.to_dense_weights("b"), rtol=0, atol=0)
+    assert not torch.equal(both.to_dense_weights("a")[ids], both.to_dense_weights("b")[ids])

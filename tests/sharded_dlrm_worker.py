@@ -1,0 +1,89 @@
+"""Worker of tests/test_sharding.py, run as ``torchrun --nproc_per_node 2 tests/sharded_dlrm_worker.py OUT``.
+
+Trains the model of ``build_model`` (a DLRM whose collection is a semantic-ID transform in front of a FIITED
+collection, plus a plain FIITED feature set) under TorchRec DistributedModelParallel, table-wise sharded on
+CPU with gloo, and writes per step the sum over ranks of the per-rank mean losses to OUT/losses.json; then
+reloads the rank-local checkpoint taken at step CHECKPOINT_STEP into a fresh sharded model and writes the
+losses of the replayed steps to OUT/replay.json. Rank 0 also writes the plan to OUT/plan.txt.
+"""
+import copy
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: E402
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology  # noqa: E402
+from torchrec.distributed.planner.types import ParameterConstraints  # noqa: E402
+from torchrec.distributed.types import ShardingEnv  # noqa: E402
+
+from emb_opt.sharding import FiitedEmbeddingBagCollectionSharder  # noqa: E402
+from tests.sharded_dlrm_model import (  # noqa: E402
+    CHECKPOINT_STEP, DENSE_LR, STEPS, TABLE_NAMES, batch, build_model, rank_loss,
+)
+
+
+def make_dmp(model, pg, sharders, plan=None):
+    env = ShardingEnv.from_process_group(pg)
+    if plan is None:
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=env.world_size, compute_device="cpu"),
+            constraints={name: ParameterConstraints(sharding_types=["table_wise"]) for name in TABLE_NAMES},
+        )
+        plan = planner.collective_plan(model, sharders, pg)
+    return DistributedModelParallel(model, env=env, device=torch.device("cpu"), plan=plan, sharders=sharders), plan
+
+
+def train_steps(model, optimizer, rank, world, steps):
+    losses = []
+    for step in steps:
+        dense, kjt, labels = batch(step, rank, world)
+        loss = rank_loss(model, dense, kjt, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        losses.append(float(total))
+    return losses
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    pg = dist.group.WORLD
+    sharders = [FiitedEmbeddingBagCollectionSharder()]
+    model, plan = make_dmp(build_model(), pg, sharders)
+    if rank == 0:
+        with open(os.path.join(out, "plan.txt"), "w") as handle:
+            handle.write(str(plan))
+    optimizer = torch.optim.SGD(model.parameters(), lr=DENSE_LR)
+    losses = train_steps(model, optimizer, rank, world, range(CHECKPOINT_STEP))
+    checkpoint = copy.deepcopy(model.state_dict())
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    losses += train_steps(model, optimizer, rank, world, range(CHECKPOINT_STEP, STEPS))
+    # budget invariant on every rank's store
+    fiited = [m for m in model.modules() if type(m).__name__ == "ShardedFiitedEmbeddingBagCollection"]
+    assert fiited, "no sharded FIITED collection in the model"
+    for m in fiited:
+        if m._has_local:
+            assert m.local.memory_bytes() <= m.local.budget_bytes
+    fresh, _ = make_dmp(build_model(), pg, sharders, plan)
+    fresh.load_state_dict(checkpoint)
+    optimizer = torch.optim.SGD(fresh.parameters(), lr=DENSE_LR)
+    optimizer.load_state_dict(optimizer_state)
+    replay = train_steps(fresh, optimizer, rank, world, range(CHECKPOINT_STEP, STEPS))
+    if rank == 0:
+        with open(os.path.join(out, "losses.json"), "w") as handle:
+            json.dump(losses, handle)
+        with open(os.path.join(out, "replay.json"), "w") as handle:
+            json.dump(replay, handle)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
