@@ -1,7 +1,8 @@
 """Byte accounting of the VHPI chunk store, and the budget -> slot-capacity calculation.
 
 Per chunk slot the store pays: the chunk (4c bytes), its optimizer state (0 / 4c / 4 bytes), its key (8),
-its utility (4), its free-list entry (4), and hash buckets (4 bytes each, 1/max_load_factor per slot). The
+its utility (4), hash buckets (4 bytes each, 1/max_load_factor per slot), and a free-stack entry (4 bytes) for
+the reserve share of slots (resizes defragment when more is freed, so the stack never outgrows the reserve). The
 fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table metadata. Nothing
 scales with the number of virtual rows: a 10^8-row table costs only what its live chunks cost.
 
@@ -40,7 +41,7 @@ def slot_bytes(config: FiitedConfig) -> float:
         + FLOAT_BYTES * config.optimizer.state_width(c)
         + KEY_BYTES
         + UTILITY_BYTES
-        + FREE_LIST_BYTES
+        + FREE_LIST_BYTES * config.reserve_fraction
         + BUCKET_BYTES / config.max_load_factor
     )
 
@@ -85,6 +86,7 @@ def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: 
         + FLOAT_BYTES * max_chunks  # thresholds
         + COUNTER_BYTES
         + 16 * BUCKET_BYTES  # the hash table's minimum size
+        + FREE_LIST_BYTES  # the reserve rounded up to a whole slot
     )
     per_slot = slot_bytes(config)
     max_slots = int((budget_bytes - fixed) // per_slot) if budget_bytes > fixed else 0

@@ -6,10 +6,13 @@ probing, bounded probe) maps it to a slot of a dense physical pool:
 
     pool_weights [S, c] float32   the chunks            slot_keys    [S] int64   key of each slot (-1 = free)
     pool_state   [S, w] float32   optimizer state       slot_utility [S] float32 decayed utility
-    free_stack   [S]    int32     LIFO free list        hash_buckets [H] int32   H = S / max_load_factor
+    free_stack   [F]    int32     LIFO of freed slots   hash_buckets [H] int32   H = S / max_load_factor
     sketch       [2, M] float32   count-min sketch of utilities of chunks that are *not* stored
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
 
+Slots are handed out from the free stack (last freed, first reused) and then from the never-used region above
+``counters['high_water']``; a resize that frees more than the reserve defragments (moves live chunks to the
+front), so the free stack never holds more than the reserve and costs 4 bytes x reserve, not 4 per slot.
 A row's live chunks are always a prefix 0..k_r-1; the missing tail reads as zeros. Nothing is O(#virtual
 rows): k_r is found by probing (``lookup``), so a 10^8-row table costs only its live chunks. The allocated
 capacity S never exceeds the budget's ``max_slots`` (grown x2 on demand, compacted when mostly empty), so
@@ -39,8 +42,8 @@ from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
 
 # counters[...] indices (an int64 buffer so that checkpoints carry them)
-STEP, NUM_FREE, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS = range(8)
-COUNTER_NAMES = ["step", "num_free", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
+STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS = range(8)
+COUNTER_NAMES = ["step", "high_water", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
                  "hash_rebuilds", "compactions"]  # fmt: skip
 _SKETCH_SEEDS = (101, 202)
 _INIT_SEED = 303
@@ -82,12 +85,11 @@ class VhpiChunkStore(nn.Module):
         self.register_buffer("pool_state", torch.zeros(capacity, width, **kw))
         self.register_buffer("slot_keys", torch.full((capacity,), -1, dtype=torch.int64, **kw))
         self.register_buffer("slot_utility", torch.zeros(capacity, **kw))
-        self.register_buffer("free_stack", torch.arange(capacity - 1, -1, -1, dtype=torch.int32, **kw))
+        self.register_buffer("free_stack", torch.zeros(0, dtype=torch.int32, **kw))
         self.register_buffer("hash_buckets", torch.full((num_buckets_for(capacity, config),), -1, dtype=torch.int32, **kw))
         self.register_buffer("sketch", torch.zeros(SKETCH_DEPTH, plan.sketch_width, **kw))
         self.register_buffer("thresholds", torch.zeros(self.max_chunks, **kw))
         self.register_buffer("counters", torch.zeros(len(COUNTER_NAMES), dtype=torch.int64, **kw))
-        self.counters[NUM_FREE] = capacity
 
     # ---- sizes ------------------------------------------------------------------------------------
     @property
@@ -96,7 +98,7 @@ class VhpiChunkStore(nn.Module):
 
     @property
     def num_free(self) -> int:
-        return int(self.counters[NUM_FREE])
+        return self.free_stack.numel() + self.capacity - int(self.counters[HIGH_WATER])
 
     @property
     def num_live(self) -> int:
@@ -175,19 +177,20 @@ class VhpiChunkStore(nn.Module):
 
     # ---- slots -------------------------------------------------------------------------------------
     def _pop(self, n: int) -> torch.Tensor:
-        top = self.num_free
-        slots = self.free_stack[top - n : top].flip(0).clone()
-        self.counters[NUM_FREE] = top - n
-        return slots
+        """``n`` free slots: the most recently freed first, then never-used ones (caller checked ``num_free``)."""
+        reused = min(n, self.free_stack.numel())
+        taken = self.free_stack[self.free_stack.numel() - reused :].flip(0)
+        self.free_stack = self.free_stack[: self.free_stack.numel() - reused].clone()
+        high = int(self.counters[HIGH_WATER])
+        fresh = torch.arange(high, high + n - reused, dtype=torch.int32, device=self.free_stack.device)
+        self.counters[HIGH_WATER] = high + n - reused
+        return torch.cat([taken, fresh])
 
     def release(self, slots: torch.Tensor) -> None:
         """Free ``slots`` (push on the LIFO free list, clear key/state/utility). The caller rebuilds the hash."""
-        n = slots.numel()
-        if n == 0:
+        if slots.numel() == 0:
             return
-        top = self.num_free
-        self.free_stack[top : top + n] = slots.to(torch.int32)
-        self.counters[NUM_FREE] = top + n
+        self.free_stack = torch.cat([self.free_stack, slots.to(torch.int32)])
         self.slot_keys[slots] = -1
         self.slot_utility[slots] = 0
         self.pool_state[slots] = 0
@@ -202,13 +205,6 @@ class VhpiChunkStore(nn.Module):
         self.pool_state = torch.cat([self.pool_state, torch.zeros(extra, self.pool_state.shape[1], device=dev)])
         self.slot_keys = torch.cat([self.slot_keys, torch.full((extra,), -1, dtype=torch.int64, device=dev)])
         self.slot_utility = torch.cat([self.slot_utility, torch.zeros(extra, device=dev)])
-        top = self.num_free
-        fresh = torch.arange(capacity - 1, old - 1, -1, dtype=torch.int32, device=dev)
-        stack = torch.empty(capacity, dtype=torch.int32, device=dev)
-        stack[:extra] = fresh  # fresh slots below the already-freed ones: freed slots are reused first (LIFO)
-        stack[extra : extra + top] = self.free_stack[:top]
-        self.free_stack = stack
-        self.counters[NUM_FREE] = top + extra
         self.rebuild_hash()
 
     def ensure_free(self, n: int) -> int:

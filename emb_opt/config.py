@@ -94,7 +94,7 @@ class FiitedConfig:
     reserve_fraction: float = 0.05
     threshold_mode: str = "global"
     position_exponent: float = 0.0
-    max_load_factor: float = 0.5
+    max_load_factor: float = 0.75
     max_probe: int = 128
     sketch_fraction: float = 0.05
     initial_capacity: int = 1 << 16  # slots allocated at start (grows x2 up to the budget)

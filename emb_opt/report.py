@@ -9,9 +9,8 @@ collections). Why this shape: the product promise is "X bytes instead of Y"; a u
 which table pays for what, and the numbers must add up to what the store really allocated.
 
 FIITED accounting. A table pays, per live chunk slot, for its chunk (``pool_weights``), its optimizer state
-(``pool_state``), its key (``slot_keys``) and free-list entry (``free_stack``), its share of the hash buckets
-(``floor(live_t x bucket bytes / slots)``) and its utility (``slot_utility``). Everything else -- free slots,
-the buckets' remainder, the count-min sketch, per-table metadata, counters -- is the ``(shared)`` row, so the
+(``pool_state``), its key (``slot_keys``), its share of the hash buckets (``floor(live_t x bucket bytes /
+slots)``) and its utility (``slot_utility``). Everything else -- free slots, the free stack, the buckets' remainder, the count-min sketch, per-table metadata, counters -- is the ``(shared)`` row, so the
 rows of a collection add up exactly to ``store.total_bytes()`` (every buffer of the store), category by
 category to ``store.allocated_bytes()``. ``full_bytes`` is the dense fp32 table plus the dense optimizer
 state of the collection's optimizer (FIITED: its own; dense / hashed: the ``optimizer`` argument, or the
@@ -142,7 +141,7 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
     per_slot = {
         "weights": _nbytes(buffers["pool_weights"]) // capacity,
         "optimizer": _nbytes(buffers["pool_state"]) // capacity,
-        "index": (_nbytes(slot_keys) + _nbytes(buffers["free_stack"])) // capacity,
+        "index": _nbytes(slot_keys) // capacity,
         "utility": _nbytes(buffers["slot_utility"]) // capacity,
     }
     bucket_bytes = _nbytes(buffers["hash_buckets"])

@@ -19,7 +19,9 @@ chunk positions ascending):
    the sketch, so the row is re-admitted only when its utility rises above the threshold again.
 4. All utilities (slots and sketch) are multiplied by ``utility_decay`` -- the EMA over intervals.
 5. The hash table is rebuilt without the deleted keys; if live slots fell below ``compaction_threshold`` of
-   the allocation, live chunks are moved to the front (in key order) and the allocation shrinks.
+   the allocation, live chunks are moved to the front (in key order) and the allocation shrinks; if more slots
+   were freed than the reserve, live chunks are moved to the front at the same allocation (defragmentation),
+   which keeps the free stack within the reserve.
 Returns a telemetry record (live chunks, bytes, thresholds, per-table histogram of per-row chunk counts).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Dict
 import torch
 
 from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
-from emb_opt.chunk_store import COMPACTIONS, NUM_FREE, PRUNED, RESIZES, STEP, VhpiChunkStore
+from emb_opt.chunk_store import COMPACTIONS, HIGH_WATER, PRUNED, RESIZES, VhpiChunkStore
 
 
 def position_scale(max_chunks: int, exponent: float, device: torch.device) -> torch.Tensor:
@@ -120,6 +122,8 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
     live = store.num_live
     if live < config.compaction_threshold * store.capacity and store.capacity > config.initial_capacity:
         compact_store(store, max(config.initial_capacity, math.ceil(live / max(1e-9, 1 - config.reserve_fraction) * 1.25)))
+    elif store.free_stack.numel() > store.plan.max_slots - target:  # more freed than the reserve: defragment
+        compact_store(store, store.capacity)
     elif n_pruned:
         store.rebuild_hash()
     return telemetry_record(store, n_pruned)
@@ -140,9 +144,7 @@ def compact_store(store: VhpiChunkStore, capacity: int) -> None:
     slot_keys[:n] = keys
     utility[:n] = store.slot_utility[slots]
     store.pool_weights, store.pool_state, store.slot_keys, store.slot_utility = weights, state, slot_keys, utility
-    # free slots n..capacity-1, lowest on top; the n entries above the top are unused
-    store.free_stack = torch.cat([torch.arange(capacity - 1, n - 1, -1, dtype=torch.int32, device=dev),
-                                  torch.zeros(n, dtype=torch.int32, device=dev)])
-    store.counters[NUM_FREE] = capacity - n
+    store.free_stack = torch.zeros(0, dtype=torch.int32, device=dev)
+    store.counters[HIGH_WATER] = n  # slots n.. are free and never used
     store.counters[COMPACTIONS] += 1
     store.rebuild_hash()

@@ -297,3 +297,31 @@ def test_chunk_init_depends_on_table_name_not_position():
     alone(KeyedJaggedTensor.from_lengths_sync(keys=["fb"], values=ids, lengths=torch.ones(3, dtype=torch.int32)))
     torch.testing.assert_close(both.to_dense_weights("b"), alone.to_dense_weights("b"), rtol=0, atol=0)
     assert not torch.equal(both.to_dense_weights("a")[ids], both.to_dense_weights("b")[ids])
+
+
+def test_freed_slots_are_reused_last_freed_first_and_the_stack_stays_within_the_reserve():
+    from emb_opt.chunk_store import HIGH_WATER
+
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=1000, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**5, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.5)
+    store = m.store
+    slots = store._pop(6)
+    assert slots.tolist() == [0, 1, 2, 3, 4, 5] and int(store.counters[HIGH_WATER]) == 6
+    keys = torch.arange(6) << 6
+    store.write_chunks(slots.long(), keys, torch.zeros(6, 4), torch.zeros(6))
+    store.release(torch.tensor([1, 4]))
+    store.release(torch.tensor([2]))
+    assert store.num_free == store.capacity - 3
+    assert store._pop(4).tolist() == [2, 4, 1, 6]  # last freed first, then never-used slots
+    # a resize that frees more than the reserve defragments: live chunks move to the front, the stack empties
+    m2 = emb_opt.FiitedEmbeddingBagCollection(tables, 10**5, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.05,
+                                              initial_capacity=10**6)
+    m2.import_dense_weights({"t": torch.randn(1000, 4)})
+    used = m2.store.num_live
+    util = torch.zeros_like(m2.store.slot_utility)
+    util[:10] = 1.0  # all but 10 chunks are unused: the resize frees far more than the reserve
+    m2.store.slot_utility.copy_(util)
+    m2.resize_now()
+    assert m2.store.num_live == 10 and used > 100
+    assert m2.store.free_stack.numel() == 0 and int(m2.store.counters[HIGH_WATER]) == 10
+    assert m2.memory_bytes() <= m2.budget_bytes
