@@ -29,14 +29,19 @@ from torchrec.datasets.utils import Batch
 
 from experiments.data.batch import CAT_NAMES
 from experiments.data.synthetic_criteo import SyntheticCriteo, SyntheticCriteoConfig
-from experiments.methods import MethodSpec, build_collection, collection_bytes, full_bytes, parse_methods
+from experiments.methods import (
+    SID_KINDS, MethodSpec, SemanticIds, build_collection, collection_bytes, full_bytes, parse_methods,
+)
 from experiments.train import build_dlrm, evaluate, train
 
 
 @dataclass
 class Config:
-    methods: str = "full,hash,rowprune,fiited"
+    methods: str = "full,hash,rowprune,fiited,sid,fiited_sid"
     budgets: str = "0.1,0.05,0.01"
+    item_table: str = "t_cat_2"  # synthetic data: the feature with content embeddings (semantic IDs)
+    sid_levels: int = 3
+    sid_codebook_size: int = 64
     data_dir: str = ""  # real Criteo TSV files (train.txt or day_*[.gz]); empty = synthetic
     row_budget: int = 1 << 20  # real data: rows per feature after `id mod (H-1)` (the DLRM preprocessing)
     steps: int = 700
@@ -52,6 +57,7 @@ class Config:
     cardinality_scale: float = 0.01
     seed: int = 0
     out: str = "results/criteo_dlrm"
+    nproc: int = 1  # > 1: every method sharded under TorchRec DistributedModelParallel on that many CPU processes
     quick: bool = False
     progress: bool = True
 
@@ -123,6 +129,25 @@ class DataSource:
             raise ValueError(f"no evaluation lines left after the {c.steps * c.batch_size} training lines; lower --steps")
         return batches
 
+    def semantic_ids(self) -> Optional[SemanticIds]:
+        """Codes of the item feature from its content embeddings (synthetic data only; real Criteo has none)."""
+        c = self.config
+        if c.data_dir:
+            return None
+        if not hasattr(self, "_sid"):
+            from semantic_id import build_codes
+
+            names = [t.name for t in self.tables()]
+            if c.item_table not in names:
+                raise ValueError(f"--item-table {c.item_table!r} is not one of the tables {names}")
+            feature = names.index(c.item_table)
+            ids = torch.arange(self.cardinalities[feature])
+            content = self.synthetic.item_content(feature, ids)
+            codes = build_codes(content, levels=c.sid_levels, codebook_size=c.sid_codebook_size, method="rqkmeans",
+                                seed=c.seed)
+            self._sid = SemanticIds(c.item_table, codes, c.sid_codebook_size)
+        return self._sid
+
     def tables(self) -> List[EmbeddingBagConfig]:
         d = self.config.embedding_dim
         return [EmbeddingBagConfig(name=f"t_{n}", embedding_dim=d, num_embeddings=rows, feature_names=[n])
@@ -134,7 +159,8 @@ def run_method(spec: MethodSpec, data: DataSource, eval_set: List[Batch], config
     torch.manual_seed(config.seed)
     tables = data.tables()
     fiited_options = dict(warmup_steps=config.warmup_steps, resize_interval=config.resize_interval)
-    collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, fiited_options)
+    sid = data.semantic_ids() if spec.kind in SID_KINDS else None
+    collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, fiited_options, sid)
     model = build_dlrm(collection, config.embedding_dim)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="FIITED store full")
@@ -180,19 +206,28 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     os.makedirs(config.out, exist_ok=True)
     specs = parse_methods(config.methods, config.budgets)
     data = DataSource(config)
+    if config.data_dir and any(s.kind in SID_KINDS for s in specs):
+        print("note: real Criteo files carry no item content, so the semantic-ID methods are skipped")
+        specs = [s for s in specs if s.kind not in SID_KINDS]
     print(f"data: {data.description}")
     print(f"model: DLRM, dim {config.embedding_dim}, {config.steps} steps x {config.batch_size}; methods: "
           f"{', '.join(s.name for s in specs)}; full tables = {full_bytes(data.tables()) / 2**20:.1f} MiB")
-    eval_set = data.eval_batches()
     rows = []
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    if config.nproc > 1:
+        from experiments.sharded import run_sharded
+
+        rows = run_sharded(config, specs, config.nproc)
+        specs = []
+    else:
+        eval_set = data.eval_batches()
     for spec in specs:
         row, collection = run_method(spec, data, eval_set, config)
         rows.append(row)
         print(f"  {row['method']:<16} AUC {row['auc']:.4f}  logloss {row['log_loss']:.4f}  "
               f"bytes {row['embedding_bytes'] / 2**20:8.2f} MiB ({100 * row['bytes_fraction']:.2f}% of full)  "
               f"{row['train_seconds']:.0f} s", flush=True)
-        telemetry = getattr(collection, "telemetry", None)
+        telemetry = getattr(getattr(collection, "collection", collection), "telemetry", None)
         if telemetry:
             try:
                 from emb_opt import plot_telemetry

@@ -42,12 +42,14 @@ def build_dlrm(
 
 
 def dense_parameters(model: nn.Module) -> List[nn.Parameter]:
-    """Parameters the dense optimizer should update: all but those of fused-optimizer modules."""
+    """Parameters the dense optimizer should update: all but those updated in backward -- parameters of
+    fused-optimizer modules and, under DistributedModelParallel, those carrying ``_in_backward_optimizers``."""
     fused = set()
     for module in model.modules():
         if isinstance(module, FusedOptimizerModule):
             fused.update(id(p) for p in module.parameters())
-    return [p for p in model.parameters() if id(p) not in fused and p.requires_grad]
+    return [p for p in model.parameters()
+            if id(p) not in fused and p.requires_grad and not hasattr(p, "_in_backward_optimizers")]
 
 
 @dataclass

@@ -120,6 +120,20 @@ class SyntheticCriteo:
         keys = ids.unsqueeze(1) * d + torch.arange(d)
         return self._gaussian(keys.reshape(-1), 5000 + feature).reshape(-1, d)
 
+    def item_content(self, feature: int, ids: torch.Tensor, dim: int = 32, noise: float = 0.5) -> torch.Tensor:
+        """Content embeddings ``[n, dim]`` of ids of ``feature``: what a content model (text, image) would know.
+
+        A fixed random linear map of the id's planted behaviour ``[e_f(id), u_f(id)]`` plus per-id noise of std
+        ``noise`` relative to the signal -- similar content means similar clicks, imperfectly, which is the
+        premise of semantic IDs. Deterministic per (seed, feature, id).
+        """
+        behaviour = torch.cat([self.id_effect(feature, ids).unsqueeze(1), self.id_latent(feature, ids)], dim=1)
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + feature)
+        projection = torch.randn(behaviour.shape[1], dim, generator=gen) / behaviour.shape[1] ** 0.5
+        keys = ids.unsqueeze(1) * dim + torch.arange(dim)
+        jitter = self._gaussian(keys.reshape(-1), 9000 + feature).reshape(-1, dim) / dim ** 0.5
+        return behaviour @ projection + noise * jitter * behaviour.norm(dim=1, keepdim=True).mean()
+
     # ---- sampling ------------------------------------------------------------------------------------
     def _generator(self, stream: int, index: int) -> torch.Generator:
         key = torch.tensor([stream * 1_000_000_007 + index])
