@@ -30,6 +30,7 @@ class BatchPlan:
     offsets: torch.Tensor  # [F*B+1] int64
     weights: Optional[torch.Tensor]  # [nnz] float32 or None
     batch_size: int
+    truncated: Optional[torch.Tensor] = None  # [U] bool: rows cut short by prefix dropout this step
 
 
 class ChunkBagLookup(torch.autograd.Function):

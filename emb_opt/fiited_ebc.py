@@ -181,12 +181,28 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         plan = self._plan(features)
         if training:
             plan.slots = self.store.admit(plan.row_keys, plan.slots)
+            if self.config.prefix_dropout > 0:
+                self._drop_chunk_suffixes(plan)
             self.store.counters[STEP] += 1
             self._pending_backward += 1
             out = ChunkBagLookup.apply(self._anchor, plan.weights, self, plan)
         else:
             out = self._pool(plan)
         return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=out)
+
+    def _drop_chunk_suffixes(self, plan: BatchPlan) -> None:
+        """Nested (Matryoshka-style) chunk dropout: with probability ``prefix_dropout`` a row of the batch uses
+        only a random prefix of its live chunks in this step, so leading chunks learn to carry most of a row's
+        information and rows that keep fewer chunks lose less. Deterministic per (row, step)."""
+        slots = plan.slots
+        live = (slots >= 0).sum(1)
+        step = self.store.step
+        coin = ops.mix_hash(plan.row_keys, 1 << 24, 2 * step + 1).to(torch.float32) / float(1 << 24)
+        keep = 1 + ops.mix_hash(plan.row_keys, 1 << 30, 2 * step + 2) % live.clamp(min=1)
+        dropped = (coin < self.config.prefix_dropout) & (live > 1)
+        cut = dropped.unsqueeze(1) & (torch.arange(slots.shape[1], device=slots.device).unsqueeze(0) >= keep.unsqueeze(1))
+        plan.slots = slots.masked_fill(cut, -1)
+        plan.truncated = dropped
 
     def _pool(self, plan: BatchPlan) -> torch.Tensor:
         return ops.chunk_bag_forward(
@@ -204,6 +220,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         )
         live = (plan.slots >= 0).sum(1)
         wanting = live < store.chunks_of(plan.row_keys)
+        if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks
+            wanting &= ~plan.truncated
         store.sketch_add(plan.row_keys[wanting], candidate[wanting])
         self._pending_backward = max(0, self._pending_backward - 1)
         return weight_grad if need_weight_grad else None

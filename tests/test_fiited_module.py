@@ -325,3 +325,22 @@ def test_freed_slots_are_reused_last_freed_first_and_the_stack_stays_within_the_
     assert m2.store.num_live == 10 and used > 100
     assert m2.store.free_stack.numel() == 0 and int(m2.store.counters[HIGH_WATER]) == 10
     assert m2.memory_bytes() <= m2.budget_bytes
+
+
+def test_prefix_dropout_truncates_rows_in_training_only():
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=200, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, ROOMY, chunk_size=4, warmup_steps=10**6, prefix_dropout=0.9,
+                                             optimizer="sgd", learning_rate=0.1)
+    m.import_dense_weights({"t": torch.randn(200, 8)})
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.arange(200), lengths=torch.ones(200, dtype=torch.int32))
+    before = m.to_dense_weights("t")
+    out = m(kjt).values()
+    cut = out[:, 4:].abs().sum(1) == 0  # rows that used only their first chunk in this step
+    assert 0.3 < float(cut.float().mean()) < 0.6  # p x P(prefix of 1 of 2 chunks) = 0.9 x 0.5
+    out.sum().backward()
+    after = m.to_dense_weights("t")
+    assert torch.equal(after[cut, 4:], before[cut, 4:])  # the dropped chunks were not trained this step
+    assert not torch.equal(after[~cut, 4:], before[~cut, 4:])
+    assert float(m.store.sketch.sum()) == 0.0  # truncated rows are not candidates for more chunks
+    m.eval()
+    assert bool((m(kjt).values()[:, 4:].abs().sum(1) > 0).all())  # evaluation uses every live chunk
