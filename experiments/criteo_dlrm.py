@@ -44,16 +44,16 @@ class Config:
     sid_codebook_size: int = 64
     data_dir: str = ""  # real Criteo TSV files (train.txt or day_*[.gz]); empty = synthetic
     row_budget: int = 1 << 20  # real data: rows per feature after `id mod (H-1)` (the DLRM preprocessing)
-    steps: int = 700
+    steps: int = 300
     batch_size: int = 4096
-    eval_batches: int = 12
+    eval_batches: int = 10
     eval_batch_size: int = 8192
     embedding_dim: int = 64
     chunk_size: int = 16
     emb_lr: float = 0.05
     dense_lr: float = 1e-3
-    warmup_steps: int = 100
-    resize_interval: int = 50
+    warmup_steps: int = 60
+    resize_interval: int = 30
     cardinality_scale: float = 0.01
     seed: int = 0
     out: str = "results/criteo_dlrm"

@@ -145,9 +145,13 @@ def build_collection(spec: MethodSpec, tables: List[EmbeddingBagConfig], learnin
     if spec.kind == "sid":  # capped hashing for the other tables, prefix-ngram tokens in the item table's rows
         configs = hashed_table_configs(tables, total_row_fraction=spec.budget)
         rows = next(c.num_embeddings for c in configs if c.name == sid.table)
-        hashing = HashingTransform({f: c.num_embeddings for i, c in enumerate(configs) if c.name != sid.table
+        hashing = HashingTransform({f: c.num_embeddings for c, t in zip(configs, tables)
+                                    if c.name != sid.table and c.num_embeddings < t.num_embeddings
                                     for f in c.feature_names},
-                                   {f: i for i, c in enumerate(configs) for f in c.feature_names})
+                                   {f: i for i, c in enumerate(configs) for f in c.feature_names},
+                                   identity_rows={f: c.num_embeddings for c, t in zip(configs, tables)
+                                                  if c.name != sid.table and c.num_embeddings >= t.num_embeddings
+                                                  for f in c.feature_names})
         tokens = SemanticIdTransform(sid.codes, feature, "prefix_ngram", num_buckets=rows, codebook_size=sid.codebook_size)
         return TransformedCollection([hashing, tokens], fused(configs))
     # fiited_sid: the token space is the item table's virtual rows; the budget is X of the original full bytes

@@ -5,7 +5,9 @@
   tables have ``num_buckets`` rows. Same input (raw ids of any size >= 0) and output (``KeyedTensor``) as the
   full-table EBC it replaces, so it works inside ``torchrec.models.dlrm.DLRM``.
 
-Each table gets its own seed (``seed + table index``) so tables do not share collision patterns.
+Each table gets its own seed (``seed + table index``) so tables do not share collision patterns. A table that
+keeps all its rows is not hashed at all (its ids index it directly): hashing ``N`` ids into ``N`` buckets would
+collide a third of them for nothing.
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ class HashingTransform(nn.Module):
         num_buckets: feature name -> number of buckets (rows) its ids are hashed into.
         seeds: feature name -> hash seed (default 0 for every feature).
         method: "mix" (seeded 64-bit mix) or "modulo" (``id mod buckets``).
+        identity_rows: features passed through unhashed, with their row counts (ids are checked against them).
     """
 
-    def __init__(self, num_buckets: Dict[str, int], seeds: Optional[Dict[str, int]] = None, method: str = "mix"):
+    def __init__(self, num_buckets: Dict[str, int], seeds: Optional[Dict[str, int]] = None, method: str = "mix",
+                 identity_rows: Optional[Dict[str, int]] = None):
         super().__init__()
         if method not in HASH_METHODS:
             raise ValueError(f"unknown hash method {method!r}; expected one of {HASH_METHODS}")
@@ -39,6 +43,7 @@ class HashingTransform(nn.Module):
             if int(buckets) < 1:
                 raise ValueError(f"feature {feature!r}: num_buckets must be >= 1, got {buckets}")
         self.num_buckets = dict(num_buckets)
+        self.identity_rows = dict(identity_rows or {})
         self.seeds = dict(seeds or {})
         self.method = method
 
@@ -52,6 +57,10 @@ class HashingTransform(nn.Module):
         for key, length in zip(features.keys(), features.length_per_key()):
             chunk = values[start : start + length]
             start += length
+            if key in self.identity_rows:
+                check_ids(chunk, f"feature {key!r} ids")
+                if chunk.numel() and int(chunk.max()) >= self.identity_rows[key]:
+                    raise ValueError(f"feature {key!r}: id {int(chunk.max())} is out of range [0, {self.identity_rows[key]})")
             if key in self.num_buckets:
                 check_ids(chunk, f"feature {key!r} ids")
                 chunk = random_hash(chunk, self.num_buckets[key], self.seeds.get(key, 0), self.method)
@@ -152,11 +161,15 @@ class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         hashed = hashed_table_configs(tables, num_buckets, row_fraction, total_row_fraction)
         buckets: Dict[str, int] = {}
         seeds: Dict[str, int] = {}
-        for index, config in enumerate(hashed):
+        identity: Dict[str, int] = {}
+        for index, (config, virtual) in enumerate(zip(hashed, tables)):
+            if config.num_embeddings >= virtual.num_embeddings:  # the table keeps all its rows: no hashing
+                identity.update({f: config.num_embeddings for f in config.feature_names or [config.name]})
+                continue
             for feature in config.feature_names or [config.name]:
                 buckets[feature] = config.num_embeddings
                 seeds[feature] = seed + index
-        self.transform = HashingTransform(buckets, seeds, method)
+        self.transform = HashingTransform(buckets, seeds, method, identity)
         if collection_factory is None:
             self.ebc = EmbeddingBagCollection(tables=hashed, is_weighted=is_weighted, device=device)
         else:

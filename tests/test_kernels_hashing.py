@@ -94,6 +94,22 @@ def test_hashed_collection_row_budgets():
                                               lengths=torch.ones(4, dtype=torch.int32))
     out = m(kjt)
     assert out.values().shape == (1, 16)
-    with pytest.raises(ValueError, match="feature 'f2' ids must be >= 0"):
+    with pytest.raises(ValueError, match="feature 'f2' ids must be >= 0"):  # f2's table is kept whole: checked anyway
         m(KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1", "f2", "f3"], values=torch.tensor([2, 9, -1, 4]),
                                               lengths=torch.ones(4, dtype=torch.int32)))
+
+
+def test_tables_kept_whole_are_not_hashed():
+    from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+
+    from hashing.hashed_ebc import HashedEmbeddingBagCollection
+
+    tables = [EmbeddingBagConfig(name="small", embedding_dim=4, num_embeddings=10, feature_names=["a"]),
+              EmbeddingBagConfig(name="big", embedding_dim=4, num_embeddings=100_000, feature_names=["b"])]
+    m = HashedEmbeddingBagCollection(tables, total_row_fraction=0.01)
+    assert set(m.transform.num_buckets) == {"b"}
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a", "b"], values=torch.tensor([0, 1, 2, 7, 99_999]),
+                                              lengths=torch.tensor([1, 1, 1, 1, 1, 0]))
+    out = m.transform(kjt)
+    assert out["a"].values().tolist() == [0, 1, 2]  # identity
+    assert int(out["b"].values().max()) < m.ebc.embedding_bag_configs()[1].num_embeddings
