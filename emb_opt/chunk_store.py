@@ -244,7 +244,8 @@ class VhpiChunkStore(nn.Module):
         c = self.config.chunk_size
         tables = key_table(keys)
         local = keys & ((1 << (ROW_BITS + CHUNK_BITS)) - 1)  # row and chunk bits
-        salted = ops.mix_hash(ops.mix_hash(local, 1 << 62, self.step + _INIT_SEED) ^ self.table_salt[tables], 1 << 40, _INIT_SEED)
+        seed = _INIT_SEED + 1_000_003 * self.config.init_seed
+        salted = ops.mix_hash(ops.mix_hash(local, 1 << 62, self.step + seed) ^ self.table_salt[tables], 1 << 40, seed)
         bits = ops.mix_hash(salted.unsqueeze(1) * c + torch.arange(c, device=keys.device), 1 << 24, _INIT_SEED)
         unit = bits.to(torch.float32) / float(1 << 24)
         scale = self.init_scale[key_table(keys)].unsqueeze(1)

@@ -101,6 +101,7 @@ class FiitedConfig:
     threshold_mode: str = "global"
     position_exponent: float = 0.0
     prefix_dropout: float = 0.0
+    init_seed: int = 0  # seeds the deterministic chunk init (with table name, row, chunk and step)
     max_load_factor: float = 0.5
     max_probe: int = 128
     sketch_fraction: float = 0.05

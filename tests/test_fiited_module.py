@@ -48,12 +48,13 @@ def test_matches_dense_ebc_trained_with_sgd(weighted):
         torch.testing.assert_close(fiited.to_dense_weights(name), w, rtol=1e-5, atol=1e-6)
 
 
-def test_rowwise_adagrad_with_whole_row_chunks_matches_fbgemm_tbe():
-    # with chunk_size == embedding_dim, per-chunk row-wise Adagrad is FBGEMM's EXACT_ROWWISE_ADAGRAD
+@pytest.mark.parametrize("chunk_size", [8, 4, 2])
+def test_rowwise_adagrad_matches_fbgemm_tbe_at_any_chunk_size(chunk_size):
+    # one accumulator per row (not per chunk): FBGEMM's EXACT_ROWWISE_ADAGRAD when every chunk is live
     torch.manual_seed(1)
     tables = small_tables(dim=8)
     fused = FusedEmbeddingBagCollection(tables, optimizer_type=RowWiseAdagrad, optimizer_kwargs={"lr": 0.05, "eps": 1e-8})
-    fiited = emb_opt.FiitedEmbeddingBagCollection(tables, ROOMY, chunk_size=8, optimizer="rowwise_adagrad",
+    fiited = emb_opt.FiitedEmbeddingBagCollection(tables, ROOMY, chunk_size=chunk_size, optimizer="rowwise_adagrad",
                                                   learning_rate=0.05, eps=1e-8, warmup_steps=10**6)
     fiited.import_dense_weights({n: m.weight.detach().clone() for n, m in fused.embedding_bags.items()})
     for step in range(5):

@@ -170,9 +170,14 @@ def chunk_bag_backward_update_(
     elif optimizer == ADAGRAD:
         optim_state[s] += g * g
         pool[s] -= lr * g / (optim_state[s].sqrt() + eps)
-    else:
-        optim_state[s, 0] += (g * g).sum(1) / c
-        pool[s] -= (lr / (optim_state[s, 0].sqrt() + eps)).unsqueeze(1) * g
+    else:  # one accumulator per row, in its chunk-0 slot: += mean squared gradient over the live dims
+        rows = (live > 0).nonzero().reshape(-1)
+        row_sq = ((grad * grad).sum(2) * is_live).sum(1)[rows]
+        first_slot = slots[rows, 0].to(torch.int64)
+        optim_state[first_slot, 0] += row_sq / (live[rows] * c).float()
+        mult = torch.zeros(num_unique)
+        mult[rows] = lr / (optim_state[first_slot, 0].sqrt() + eps)
+        pool[s] -= mult[u_idx].unsqueeze(1) * g
     has_next = live < chunks
     candidate = torch.zeros(num_unique)
     rows = has_next.nonzero().reshape(-1)

@@ -239,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
   float* wgp = need_weight_grad ? weight_grad.data_ptr<float>() : nullptr;
   const float flr = static_cast<float>(lr), feps = static_cast<float>(eps);
   at::parallel_for(0, num_unique, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> grad(c);
+    std::vector<float> grad(max_chunks * c), score(max_chunks);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t chunks = tcp[key_table(rkp[u])];
       const int32_t* row_slots = sp + u * max_chunks;
@@ -264,8 +264,9 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
         }
       }
       const int64_t last_chunk = std::min(live + 1, chunks);
-      for (int64_t k = 0; k < last_chunk; ++k) {
-        std::fill(grad.begin(), grad.end(), 0.0f);
+      for (int64_t k = 0; k < last_chunk; ++k) {  // gradient and norm sum of every live chunk and the next one
+        float* gk = grad.data() + k * c;
+        std::fill(gk, gk + c, 0.0f);
         float norm_sum = 0.0f;
         for (int64_t q = first; q < last; ++q) {
           const int64_t i = uoccp[q];
@@ -277,33 +278,37 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
           float sq = 0.0f;
           for (int64_t j = 0; j < c; ++j) {
             const float v = scale * gr[j];
-            grad[j] += v;
+            gk[j] += v;
             sq += v * v;
           }
           norm_sum += std::sqrt(sq);
         }
-        const float score = utility_rule == 0 ? count : (utility_rule == 1 ? norm_sum / count : norm_sum);
-        if (k == live) {  // the first missing chunk: only its would-be utility
-          cp[u] = score;
-          break;
-        }
+        score[k] = utility_rule == 0 ? count : (utility_rule == 1 ? norm_sum / count : norm_sum);
+      }
+      if (live < chunks) cp[u] = score[live];  // the first missing chunk: only its would-be utility
+      float row_mult = 0.0f;
+      if (optimizer == 2 && live > 0) {  // row-wise Adagrad: one accumulator per row, in chunk 0's slot
+        float sq = 0.0f;
+        for (int64_t j = 0; j < live * c; ++j) sq += grad[j] * grad[j];
+        const int64_t s0 = row_slots[0];
+        stp[s0] += sq / static_cast<float>(live * c);
+        row_mult = flr / (std::sqrt(stp[s0]) + feps);
+      }
+      for (int64_t k = 0; k < live; ++k) {
         const int64_t s = row_slots[k];
-        up[s] += score;
+        const float* gk = grad.data() + k * c;
+        up[s] += score[k];
         float* wr = pp + s * c;
         if (optimizer == 0) {
-          for (int64_t j = 0; j < c; ++j) wr[j] -= flr * grad[j];
+          for (int64_t j = 0; j < c; ++j) wr[j] -= flr * gk[j];
         } else if (optimizer == 1) {
           float* st = stp + s * c;
           for (int64_t j = 0; j < c; ++j) {
-            st[j] += grad[j] * grad[j];
-            wr[j] -= flr * grad[j] / (std::sqrt(st[j]) + feps);
+            st[j] += gk[j] * gk[j];
+            wr[j] -= flr * gk[j] / (std::sqrt(st[j]) + feps);
           }
         } else {
-          float sq = 0.0f;
-          for (int64_t j = 0; j < c; ++j) sq += grad[j] * grad[j];
-          stp[s] += sq / static_cast<float>(c);
-          const float mult = flr / (std::sqrt(stp[s]) + feps);
-          for (int64_t j = 0; j < c; ++j) wr[j] -= mult * grad[j];
+          for (int64_t j = 0; j < c; ++j) wr[j] -= row_mult * gk[j];
         }
       }
     }

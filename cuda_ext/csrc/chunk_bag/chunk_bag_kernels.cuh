@@ -198,7 +198,7 @@ __device__ __forceinline__ RowInfo row_info(const BackwardArgs& a, const Group& 
 template <int V>
 __device__ __forceinline__ void accumulate(const BackwardArgs& a, const Group& g, int64_t qb, int64_t qe, int k,
                                            int vec, bool active, bool is_live, const Vec<V>& w_old, Vec<V>& grad,
-                                           float& norm_sum) {
+                                           float& norm_sum, bool with_weight_grad = true) {
   const int c = a.chunk_size;
   const int col = k * c + vec * V;  // within the feature's columns
   for (int64_t base = qb; base < qe; base += g.size) {
@@ -256,7 +256,7 @@ __device__ __forceinline__ void accumulate(const BackwardArgs& a, const Group& g
         }
         sq = g.sum(sq, a.layout.lanes_per_chunk);
         if (occ[r] >= 0) norm_sum += sqrtf(sq);
-        if (a.weight_grad != nullptr) {  // d loss / d w_i = <grad_out slice, unweighted live chunks> (x 1/len)
+        if (with_weight_grad && a.weight_grad != nullptr) {  // d loss / d w_i = <grad_out slice, unweighted live chunks> (x 1/len)
           const float d = g.sum(is_live ? gv[r].dot(w_old) : 0.0f, g.size);
           if (g.lane == 0 && occ[r] >= 0) a.weight_grad[occ[r]] += d * wscale[r];
         }
@@ -308,8 +308,31 @@ __global__ void __launch_bounds__(cuda::kThreads, 2) backward_segments_kernel(co
   }
 }
 
+// This lane's columns of chunk k's gradient of unique row u: from the occurrences, or for a long row from the
+// partial sums of its segments. Group-uniform arguments except vec/active/is_live/w_old.
+template <int V>
+__device__ __forceinline__ void chunk_gradient(const BackwardArgs& a, const Group& g, int64_t u, const RowInfo& r,
+                                               bool long_row, int k, int vec, bool active, bool is_live,
+                                               const Vec<V>& w_old, Vec<V>& grad, float& norm_sum,
+                                               bool with_weight_grad) {
+  const int c = a.chunk_size;
+  if (!long_row) {
+    accumulate<V>(a, g, r.first, r.last, k, vec, active, is_live, w_old, grad, norm_sum, with_weight_grad);
+  } else if (active) {
+    const int64_t s0 = max(a.seg_start[u], 0), s1 = min(static_cast<int64_t>(a.seg_start[u + 1]), a.seg_bound);
+    for (int64_t seg = s0; seg < s1; ++seg) {
+      Vec<V> part;
+      part.load(a.seg_grad + seg * a.max_chunks * c + k * c + vec * V);
+#pragma unroll
+      for (int e = 0; e < V; ++e) grad.x[e] += part.x[e];
+      norm_sum += a.seg_norm[seg * a.max_chunks + k];
+    }
+  }
+}
+
 // One group per unique row: gradient (from the occurrences, or from the segments of a long row), utility,
-// candidate score and the optimizer step on each live chunk.
+// candidate score and the optimizer step on each live chunk. Row-wise Adagrad keeps ONE accumulator per row
+// (in the slot of chunk 0, as the CPU kernel): a first sweep sums the squared gradient over all live chunks.
 template <int V>
 __global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const BackwardArgs a) {
   const Group g(a.layout.group_size);
@@ -324,6 +347,26 @@ __global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const Bac
     const float count = static_cast<float>(r.last - r.first);
     const bool long_row = a.seg_start != nullptr && r.last - r.first > kLongRow;
     if (r.live >= r.chunks && g.lane == 0) a.candidate[u] = 0.0f;  // full row: no candidate chunk
+    float row_mult = 0.0f;
+    if (a.optimizer == 2 && r.live > 0) {  // group-uniform condition: every lane takes the same branches
+      float row_sq = 0.0f;
+      for (int pass = 0; pass < a.layout.passes; ++pass) {
+        const int k = pass * a.layout.chunks_per_pass + chunk_in_pass;
+        if (pass * a.layout.chunks_per_pass >= r.live) break;
+        const bool is_live = vec_ok && k < r.live;
+        Vec<V> grad = Vec<V>::zeros();
+        float unused_norm = 0.0f;
+        chunk_gradient<V>(a, g, u, r, long_row, k, vec, is_live, is_live, Vec<V>::zeros(), grad, unused_norm, false);
+        if (is_live) row_sq += grad.dot(grad);
+      }
+      row_sq = g.sum(row_sq, g.size);  // over all lanes of the group = all live chunks of the row
+      const int64_t slot0 = a.slots[u * a.max_chunks];
+      const float state_old = a.state[slot0];
+      __syncwarp(g.mask);  // every lane read the accumulator before lane 0 writes it
+      const float state_new = state_old + row_sq / static_cast<float>(r.live * c);
+      if (g.lane == 0) a.state[slot0] = state_new;
+      row_mult = a.lr / (sqrtf(state_new) + a.eps);
+    }
     for (int pass = 0; pass < a.layout.passes; ++pass) {
       const int k = pass * a.layout.chunks_per_pass + chunk_in_pass;
       if (pass * a.layout.chunks_per_pass >= last_chunk) break;
@@ -334,24 +377,9 @@ __global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const Bac
       if (is_live) w_old.load(a.pool + slot * c + vec * V);
       Vec<V> grad = Vec<V>::zeros();
       float norm_sum = 0.0f;
-      if (!long_row) {
-        accumulate<V>(a, g, r.first, r.last, k, vec, active, is_live, w_old, grad, norm_sum);
-      } else if (active) {
-        const int64_t s0 = max(a.seg_start[u], 0), s1 = min(static_cast<int64_t>(a.seg_start[u + 1]), a.seg_bound);
-        for (int64_t seg = s0; seg < s1; ++seg) {
-          Vec<V> part;
-          part.load(a.seg_grad + seg * a.max_chunks * c + k * c + vec * V);
-#pragma unroll
-          for (int e = 0; e < V; ++e) grad.x[e] += part.x[e];
-          norm_sum += a.seg_norm[seg * a.max_chunks + k];
-        }
-      }
+      chunk_gradient<V>(a, g, u, r, long_row, k, vec, active, is_live, w_old, grad, norm_sum, true);
       const float score = utility_score(a.utility_rule, count, norm_sum);
       if (active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
-      float rowwise_state = 0.0f;  // row-wise Adagrad: read by every lane of the chunk before one lane writes it
-      if (a.optimizer == 2 && is_live) rowwise_state = a.state[slot];
-      const float grad_sq = g.sum(grad.dot(grad), lanes_per_chunk);  // sum over the chunk's lanes
-      __syncwarp(g.mask);  // orders those reads before the write below (all lanes of the group get here)
       if (!is_live) continue;
       if (vec == 0) a.utility[slot] += score;
       Vec<V> w = w_old;
@@ -369,11 +397,8 @@ __global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const Bac
         }
         st.store(st_ptr);
       } else {
-        const float st = rowwise_state + grad_sq / static_cast<float>(c);
-        if (vec == 0) a.state[slot] = st;
-        const float mult = a.lr / (sqrtf(st) + a.eps);
 #pragma unroll
-        for (int e = 0; e < V; ++e) w.x[e] -= mult * grad.x[e];
+        for (int e = 0; e < V; ++e) w.x[e] -= row_mult * grad.x[e];
       }
       w.store(a.pool + slot * c + vec * V);
     }

@@ -24,7 +24,9 @@ TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
       "Tensor feature_table, Tensor table_chunks, Tensor feature_cols, int batch_size, int out_dim, "
       "int pooling_mode) -> Tensor");
   // Backward of chunk_bag_forward fused with the optimizer step on every live chunk of every unique row
-  // (optimizer: 0 SGD, 1 Adagrad (state [S, c]), 2 row-wise Adagrad (state [S, 1])), the utility update
+  // (optimizer: 0 SGD, 1 Adagrad (state [S, c]), 2 row-wise Adagrad (state [S, 1]: one accumulator per ROW,
+  // kept in the slot of its chunk 0, += mean squared gradient over the row's live dims; as FBGEMM's row-wise
+  // Adagrad, whatever the chunk size)), the utility update
   // slot_utility[s] += score (utility_rule: 0 freq = #occurrences, 1 grad = mean per-occurrence gradient
   // norm, 2 freq_grad = sum of per-occurrence gradient norms), and the score the row's first missing chunk
   // would get from the same rule on its (virtual) gradient. Returns (candidate_score [U] float32, 0 for full
