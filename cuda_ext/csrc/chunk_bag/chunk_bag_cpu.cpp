@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "chunk_bag/chunk_bag_checks.h"
 #include "common/checks.h"
 #include "common/vhpi_key.h"
 
@@ -194,13 +195,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
     const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
     int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
     bool need_weight_grad) {
-  EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_backward: pool");
-  EMB_OPT_CHECK_DTYPE(optim_state, at::kFloat, "chunk_bag_backward: optim_state");
-  EMB_OPT_CHECK_DTYPE(slot_utility, at::kFloat, "chunk_bag_backward: slot_utility");
-  TORCH_CHECK(pool.is_contiguous() && optim_state.is_contiguous() && slot_utility.is_contiguous(),
-              "chunk_bag_backward: pool, optim_state and slot_utility must be contiguous (updated in place)");
-  TORCH_CHECK(optimizer >= 0 && optimizer <= 2, "chunk_bag_backward: unknown optimizer code ", optimizer);
-  TORCH_CHECK(utility_rule >= 0 && utility_rule <= 2, "chunk_bag_backward: unknown utility rule ", utility_rule);
+  check_backward_update_args(pool, optim_state, slot_utility, optimizer, utility_rule);
   const int64_t c = pool.size(1);
   const int64_t state_width = optimizer == 0 ? 0 : (optimizer == 1 ? c : 1);
   TORCH_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&

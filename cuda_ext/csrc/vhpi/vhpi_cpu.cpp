@@ -7,23 +7,14 @@
 
 #include "common/checks.h"
 #include "common/vhpi_key.h"
+#include "vhpi/vhpi_checks.h"
 
 namespace emb_opt {
 namespace {
 
-void check_table(const at::Tensor& buckets, const at::Tensor& slot_keys, int64_t max_probe) {
-  EMB_OPT_CHECK_DTYPE(buckets, at::kInt, "vhpi: buckets");
-  EMB_OPT_CHECK_DTYPE(slot_keys, at::kLong, "vhpi: slot_keys");
-  EMB_OPT_CHECK_1D(buckets, "vhpi: buckets");
-  EMB_OPT_CHECK_1D(slot_keys, "vhpi: slot_keys");
-  TORCH_CHECK(buckets.is_contiguous() && slot_keys.is_contiguous(), "vhpi: tables must be contiguous");
-  TORCH_CHECK(buckets.numel() > 0, "vhpi: the hash table has no buckets");
-  TORCH_CHECK(max_probe >= 1, "vhpi: max_probe must be >= 1, got ", max_probe);
-}
-
 at::Tensor vhpi_lookup_cpu(const at::Tensor& buckets, const at::Tensor& slot_keys, const at::Tensor& row_keys,
                            const at::Tensor& num_chunks, int64_t max_chunks, int64_t max_probe) {
-  check_table(buckets, slot_keys, max_probe);
+  check_vhpi_table(buckets, slot_keys, max_probe);
   EMB_OPT_CHECK_DTYPE(row_keys, at::kLong, "vhpi_lookup: row_keys");
   EMB_OPT_CHECK_DTYPE(num_chunks, at::kInt, "vhpi_lookup: num_chunks");
   TORCH_CHECK(row_keys.numel() == num_chunks.numel(), "vhpi_lookup: row_keys and num_chunks differ in length");
@@ -66,7 +57,7 @@ bool insert_one(int32_t* b, int64_t nb, int64_t max_probe, int64_t key, int32_t 
 
 int64_t vhpi_insert_cpu(at::Tensor& buckets, const at::Tensor& slot_keys, const at::Tensor& slots,
                         int64_t max_probe) {
-  check_table(buckets, slot_keys, max_probe);
+  check_vhpi_table(buckets, slot_keys, max_probe);
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "vhpi_insert_: slots");
   auto s = slots.contiguous();
   const int32_t* sp = s.data_ptr<int32_t>();
