@@ -65,7 +65,7 @@ int bit_width(uint64_t x) {
 
 [[noreturn]] void raise_bad_feature(const at::Tensor& feature_table, int64_t feature, int64_t num_tables) {
   const int64_t table = feature_table[feature].item<int64_t>();
-  TORCH_CHECK(false, "chunk_bag_unique: feature ", feature, " maps to table ", table, " of ", num_tables);
+  EMB_OPT_CHECK(false, "chunk_bag_unique: feature ", feature, " maps to table ", table, " of ", num_tables);
 }
 
 template <typename index_t, typename key_t>
@@ -139,7 +139,7 @@ UniqueResult chunk_bag_unique_cuda(const at::Tensor& values, const at::Tensor& o
   EMB_OPT_CHECK_INDEX_DTYPE(values, "chunk_bag_unique: values");
   EMB_OPT_CHECK_DTYPE(feature_table, at::kInt, "chunk_bag_unique: feature_table");
   EMB_OPT_CHECK_DTYPE(table_rows, at::kLong, "chunk_bag_unique: table_rows");
-  TORCH_CHECK(batch_size >= 0, "chunk_bag_unique: batch_size must be >= 0");
+  EMB_OPT_CHECK(batch_size >= 0, "chunk_bag_unique: batch_size must be >= 0");
   EMB_OPT_CHECK_DTYPE(offsets, at::kLong, "chunk_bag: offsets");
   cuda::check_device("chunk_bag_unique", values.device(),
                      {{"offsets", &offsets}, {"feature_table", &feature_table}, {"table_rows", &table_rows}});
@@ -150,7 +150,7 @@ UniqueResult chunk_bag_unique_cuda(const at::Tensor& values, const at::Tensor& o
   auto tr = table_rows.contiguous();
   const int64_t num_features = ft.numel(), num_tables = tr.numel();
   const int64_t num_bags = num_features * batch_size;
-  TORCH_CHECK(o.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1, " entries, got ",
+  EMB_OPT_CHECK(o.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1, " entries, got ",
               o.numel());
   const auto long_opts = v.options().dtype(at::kLong);
   auto table_base = at::empty({std::max<int64_t>(num_tables, 1)}, long_opts);
@@ -162,10 +162,10 @@ UniqueResult chunk_bag_unique_cuda(const at::Tensor& values, const at::Tensor& o
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const auto st = cuda::read_back(status);
   const int64_t nnz = st[0];
-  TORCH_CHECK(st[1] == 0, "chunk_bag: offsets[0] must be 0, got ", st[1]);
-  TORCH_CHECK(nnz <= v.numel(), "chunk_bag: offsets[-1] = ", nnz, " exceeds the ", v.numel(), " values");
-  TORCH_CHECK(st[2] == kNone, "chunk_bag: offsets decrease at bag ", st[2]);
-  TORCH_CHECK(nnz <= INT32_MAX, "chunk_bag_unique: more than 2^31 - 1 ids in one batch");
+  EMB_OPT_CHECK(st[1] == 0, "chunk_bag: offsets[0] must be 0, got ", st[1]);
+  EMB_OPT_CHECK(nnz <= v.numel(), "chunk_bag: offsets[-1] = ", nnz, " exceeds the ", v.numel(), " values");
+  EMB_OPT_CHECK(st[2] == kNone, "chunk_bag: offsets decrease at bag ", st[2]);
+  EMB_OPT_CHECK(nnz <= INT32_MAX, "chunk_bag_unique: more than 2^31 - 1 ids in one batch");
   const int64_t bad_feature = batch_size > 0 ? st[3] : kNone;
   if (nnz == 0) {
     if (bad_feature != kNone) raise_bad_feature(ft, bad_feature, num_tables);
@@ -193,23 +193,23 @@ at::Tensor chunk_bag_forward_cuda(const at::Tensor& pool, const at::Tensor& slot
   EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_forward: pool");
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_forward: slots");
   EMB_OPT_CHECK_DTYPE(inverse, at::kInt, "chunk_bag_forward: inverse");
-  TORCH_CHECK(pool.dim() == 2 && slots.dim() == 2, "chunk_bag_forward: pool and slots must be 2-D");
-  TORCH_CHECK(pooling_mode == 0 || pooling_mode == 1, "chunk_bag_forward: pooling_mode must be 0 or 1");
+  EMB_OPT_CHECK(pool.dim() == 2 && slots.dim() == 2, "chunk_bag_forward: pool and slots must be 2-D");
+  EMB_OPT_CHECK(pooling_mode == 0 || pooling_mode == 1, "chunk_bag_forward: pooling_mode must be 0 or 1");
   EMB_OPT_CHECK_DTYPE(offsets, at::kLong, "chunk_bag: offsets");
   EMB_OPT_CHECK_DTYPE(feature_table, at::kInt, "chunk_bag_forward: feature_table");
   EMB_OPT_CHECK_DTYPE(table_chunks, at::kInt, "chunk_bag_forward: table_chunks");
   EMB_OPT_CHECK_DTYPE(feature_cols, at::kLong, "chunk_bag_forward: feature_cols");
-  TORCH_CHECK(batch_size >= 0 && out_dim >= 0, "chunk_bag_forward: batch_size and out_dim must be >= 0");
+  EMB_OPT_CHECK(batch_size >= 0 && out_dim >= 0, "chunk_bag_forward: batch_size and out_dim must be >= 0");
   const int64_t num_features = feature_table.numel();
   const int64_t num_bags = num_features * batch_size;
-  TORCH_CHECK(offsets.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1,
+  EMB_OPT_CHECK(offsets.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1,
               " entries, got ", offsets.numel());
-  TORCH_CHECK(feature_cols.numel() == num_features, "chunk_bag_forward: feature_cols must have one entry per feature");
+  EMB_OPT_CHECK(feature_cols.numel() == num_features, "chunk_bag_forward: feature_cols must have one entry per feature");
   at::Tensor w;
   if (weights.has_value() && weights->defined()) {
     w = weights->contiguous();
     EMB_OPT_CHECK_DTYPE(w, at::kFloat, "chunk_bag_forward: weights");
-    TORCH_CHECK(w.numel() >= inverse.numel(), "chunk_bag_forward: fewer weights than values");
+    EMB_OPT_CHECK(w.numel() >= inverse.numel(), "chunk_bag_forward: fewer weights than values");
   }
   cuda::check_device("chunk_bag_forward", pool.device(),
                      {{"slots", &slots}, {"inverse", &inverse}, {"offsets", &offsets}, {"weights", &w},
@@ -269,10 +269,10 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cuda(
   check_backward_update_args(pool, optim_state, slot_utility, optimizer, utility_rule);
   const int64_t c = pool.size(1), num_slots = pool.size(0);
   const int64_t state_width = optimizer == 0 ? 0 : (optimizer == 1 ? c : 1);
-  TORCH_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&
+  EMB_OPT_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&
                                  optim_state.size(0) == pool.size(0)),
               "chunk_bag_backward: optim_state must be [S, ", state_width, "]");
-  TORCH_CHECK(slot_utility.numel() == num_slots, "chunk_bag_backward: slot_utility must have one entry per slot");
+  EMB_OPT_CHECK(slot_utility.numel() == num_slots, "chunk_bag_backward: slot_utility must have one entry per slot");
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_backward: slots");
   EMB_OPT_CHECK_DTYPE(row_keys, at::kLong, "chunk_bag_backward: row_keys");
   EMB_OPT_CHECK_DTYPE(unique_offsets, at::kLong, "chunk_bag_backward: unique_offsets");
@@ -282,16 +282,16 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cuda(
   EMB_OPT_CHECK_DTYPE(table_chunks, at::kInt, "chunk_bag_backward: table_chunks");
   EMB_OPT_CHECK_DTYPE(feature_cols, at::kLong, "chunk_bag_backward: feature_cols");
   const int64_t num_unique = row_keys.numel(), nnz = unique_occ.numel();
-  TORCH_CHECK(slots.dim() == 2 && slots.size(0) == num_unique, "chunk_bag_backward: slots must be [U, Cmax]");
-  TORCH_CHECK(unique_offsets.numel() == num_unique + 1, "chunk_bag_backward: unique_offsets must have U+1 entries");
-  TORCH_CHECK(occ_bag.numel() >= nnz, "chunk_bag_backward: occ_bag shorter than unique_occ");
-  TORCH_CHECK(offsets.numel() >= 1 && batch_size >= 0, "chunk_bag_backward: offsets must have F*B+1 entries");
-  TORCH_CHECK(grad_out.dim() == 2, "chunk_bag_backward: grad_out must be [B, out_dim]");
+  EMB_OPT_CHECK(slots.dim() == 2 && slots.size(0) == num_unique, "chunk_bag_backward: slots must be [U, Cmax]");
+  EMB_OPT_CHECK(unique_offsets.numel() == num_unique + 1, "chunk_bag_backward: unique_offsets must have U+1 entries");
+  EMB_OPT_CHECK(occ_bag.numel() >= nnz, "chunk_bag_backward: occ_bag shorter than unique_occ");
+  EMB_OPT_CHECK(offsets.numel() >= 1 && batch_size >= 0, "chunk_bag_backward: offsets must have F*B+1 entries");
+  EMB_OPT_CHECK(grad_out.dim() == 2, "chunk_bag_backward: grad_out must be [B, out_dim]");
   at::Tensor w;
   if (weights.has_value() && weights->defined()) {
     w = weights->contiguous();
     EMB_OPT_CHECK_DTYPE(w, at::kFloat, "chunk_bag_backward: weights");
-    TORCH_CHECK(w.numel() >= nnz, "chunk_bag_backward: fewer weights than values");
+    EMB_OPT_CHECK(w.numel() >= nnz, "chunk_bag_backward: fewer weights than values");
   }
   cuda::check_device("chunk_bag_backward_update_", pool.device(),
                      {{"optim_state", &optim_state}, {"slot_utility", &slot_utility}, {"grad_out", &grad_out},
@@ -333,6 +333,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cuda(
   a.unique_offsets = uo.data_ptr<int64_t>();
   a.unique_occ = uocc.data_ptr<int32_t>();
   a.occ_bag = ob.data_ptr<int32_t>();
+  a.sorted_bag = nullptr;  // set below, once the stream is known
   a.nnz = nnz;
   a.offsets = o.data_ptr<int64_t>();
   a.num_bags = std::min(o.numel() - 1, fc.numel() * batch_size);  // bags whose feature has columns
@@ -354,6 +355,13 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cuda(
   a.layout = cuda::make_layout("chunk_bag_backward", c, max_chunks, vec);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int group = a.layout.group_size;
+  auto sorted_bag = at::empty({std::max<int64_t>(nnz, 1)}, ob.options());
+  if (nnz > 0) {
+    sorted_bag_kernel<<<cuda::blocks_for(nnz), kThreads, 0, stream>>>(uocc.data_ptr<int32_t>(), ob.data_ptr<int32_t>(),
+                                                                       nnz, sorted_bag.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  a.sorted_bag = sorted_bag.data_ptr<int32_t>();
   at::Tensor seg_start, seg_grad, seg_norm;
   if (nnz > kLongRow) {  // some row may be long: count its segments, then reduce them first
     a.seg_bound = 2 * ((nnz + kLongRow - 1) / kLongRow) + 1;

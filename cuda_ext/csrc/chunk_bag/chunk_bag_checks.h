@@ -16,11 +16,11 @@ inline void check_backward_update_args(const at::Tensor& pool, const at::Tensor&
   EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_backward: pool");
   EMB_OPT_CHECK_DTYPE(optim_state, at::kFloat, "chunk_bag_backward: optim_state");
   EMB_OPT_CHECK_DTYPE(slot_utility, at::kFloat, "chunk_bag_backward: slot_utility");
-  TORCH_CHECK(pool.is_contiguous() && optim_state.is_contiguous() && slot_utility.is_contiguous(),
+  EMB_OPT_CHECK(pool.is_contiguous() && optim_state.is_contiguous() && slot_utility.is_contiguous(),
               "chunk_bag_backward: pool, optim_state and slot_utility must be contiguous (updated in place)");
-  TORCH_CHECK(optimizer >= 0 && optimizer <= 2, "chunk_bag_backward: unknown optimizer code ", optimizer);
-  TORCH_CHECK(utility_rule >= 0 && utility_rule <= 2, "chunk_bag_backward: unknown utility rule ", utility_rule);
-  TORCH_CHECK(pool.dim() == 2, "chunk_bag_backward: pool must be 2-D");
+  EMB_OPT_CHECK(optimizer >= 0 && optimizer <= 2, "chunk_bag_backward: unknown optimizer code ", optimizer);
+  EMB_OPT_CHECK(utility_rule >= 0 && utility_rule <= 2, "chunk_bag_backward: unknown utility rule ", utility_rule);
+  EMB_OPT_CHECK(pool.dim() == 2, "chunk_bag_backward: pool must be 2-D");
 }
 
 }  // namespace emb_opt

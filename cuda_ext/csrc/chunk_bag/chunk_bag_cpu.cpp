@@ -19,13 +19,13 @@ namespace {
 
 void check_offsets(const at::Tensor& offsets, int64_t nnz, int64_t num_bags) {
   EMB_OPT_CHECK_DTYPE(offsets, at::kLong, "chunk_bag: offsets");
-  TORCH_CHECK(offsets.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1,
+  EMB_OPT_CHECK(offsets.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1,
               " entries, got ", offsets.numel());
   const int64_t* o = offsets.data_ptr<int64_t>();
-  TORCH_CHECK(o[0] == 0, "chunk_bag: offsets[0] must be 0, got ", o[0]);
-  TORCH_CHECK(o[num_bags] <= nnz, "chunk_bag: offsets[-1] = ", o[num_bags], " exceeds the ", nnz, " values");
+  EMB_OPT_CHECK(o[0] == 0, "chunk_bag: offsets[0] must be 0, got ", o[0]);
+  EMB_OPT_CHECK(o[num_bags] <= nnz, "chunk_bag: offsets[-1] = ", o[num_bags], " exceeds the ", nnz, " values");
   for (int64_t i = 0; i < num_bags; ++i) {
-    TORCH_CHECK(o[i] <= o[i + 1], "chunk_bag: offsets decrease at bag ", i);
+    EMB_OPT_CHECK(o[i] <= o[i + 1], "chunk_bag: offsets decrease at bag ", i);
   }
 }
 
@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   for (int64_t bag = 0; bag < num_bags; ++bag) {
     const int64_t f = bag / batch_size;
     const int32_t t = ft[f];
-    TORCH_CHECK(t >= 0 && t < num_tables, "chunk_bag_unique: feature ", f, " maps to table ", t, " of ",
+    EMB_OPT_CHECK(t >= 0 && t < num_tables, "chunk_bag_unique: feature ", f, " maps to table ", t, " of ",
                 num_tables);
     for (int64_t i = o[bag]; i < o[bag + 1]; ++i) {
       const int64_t id = static_cast<int64_t>(v[i]);
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   EMB_OPT_CHECK_INDEX_DTYPE(values, "chunk_bag_unique: values");
   EMB_OPT_CHECK_DTYPE(feature_table, at::kInt, "chunk_bag_unique: feature_table");
   EMB_OPT_CHECK_DTYPE(table_rows, at::kLong, "chunk_bag_unique: table_rows");
-  TORCH_CHECK(batch_size >= 0, "chunk_bag_unique: batch_size must be >= 0");
+  EMB_OPT_CHECK(batch_size >= 0, "chunk_bag_unique: batch_size must be >= 0");
   auto v = values.contiguous();
   auto o = offsets.contiguous();
   auto ft = feature_table.contiguous();
@@ -128,8 +128,8 @@ at::Tensor chunk_bag_forward_cpu(const at::Tensor& pool, const at::Tensor& slots
   EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_forward: pool");
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_forward: slots");
   EMB_OPT_CHECK_DTYPE(inverse, at::kInt, "chunk_bag_forward: inverse");
-  TORCH_CHECK(pool.dim() == 2 && slots.dim() == 2, "chunk_bag_forward: pool and slots must be 2-D");
-  TORCH_CHECK(pooling_mode == 0 || pooling_mode == 1, "chunk_bag_forward: pooling_mode must be 0 or 1");
+  EMB_OPT_CHECK(pool.dim() == 2 && slots.dim() == 2, "chunk_bag_forward: pool and slots must be 2-D");
+  EMB_OPT_CHECK(pooling_mode == 0 || pooling_mode == 1, "chunk_bag_forward: pooling_mode must be 0 or 1");
   auto p = pool.contiguous();
   auto sl = slots.contiguous();
   auto inv = inverse.contiguous();
@@ -143,7 +143,7 @@ at::Tensor chunk_bag_forward_cpu(const at::Tensor& pool, const at::Tensor& slots
   if (weights.has_value() && weights->defined()) {
     w = weights->contiguous();
     EMB_OPT_CHECK_DTYPE(w, at::kFloat, "chunk_bag_forward: weights");
-    TORCH_CHECK(w.numel() >= inv.numel(), "chunk_bag_forward: fewer weights than values");
+    EMB_OPT_CHECK(w.numel() >= inv.numel(), "chunk_bag_forward: fewer weights than values");
   }
   const int64_t c = p.size(1);
   const int64_t max_chunks = sl.size(1);
@@ -158,8 +158,8 @@ at::Tensor chunk_bag_forward_cpu(const at::Tensor& pool, const at::Tensor& slots
   const int64_t* fcp = fc.data_ptr<int64_t>();
   float* outp = out.data_ptr<float>();
   for (int64_t f = 0; f < num_features; ++f) {
-    TORCH_CHECK(fcp[f] + tcp[ftp[f]] * c <= out_dim, "chunk_bag_forward: feature ", f, " overflows out_dim");
-    TORCH_CHECK(tcp[ftp[f]] <= max_chunks, "chunk_bag_forward: table chunks exceed slots' width");
+    EMB_OPT_CHECK(fcp[f] + tcp[ftp[f]] * c <= out_dim, "chunk_bag_forward: feature ", f, " overflows out_dim");
+    EMB_OPT_CHECK(tcp[ftp[f]] <= max_chunks, "chunk_bag_forward: table chunks exceed slots' width");
   }
   at::parallel_for(0, num_features * batch_size, 64, [&](int64_t begin, int64_t end) {
     for (int64_t bag = begin; bag < end; ++bag) {
@@ -198,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
   check_backward_update_args(pool, optim_state, slot_utility, optimizer, utility_rule);
   const int64_t c = pool.size(1);
   const int64_t state_width = optimizer == 0 ? 0 : (optimizer == 1 ? c : 1);
-  TORCH_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&
+  EMB_OPT_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&
                                  optim_state.size(0) == pool.size(0)),
               "chunk_bag_backward: optim_state must be [S, ", state_width, "]");
   auto g = grad_out.contiguous().to(at::kFloat);

@@ -26,7 +26,7 @@ using cuda::Group;
 using cuda::Vec;
 
 constexpr int kFwdUnroll = 4;   // occurrences whose chunks one lane loads before using them (forward)
-constexpr int kBwdUnroll = 4;   // gradient rows in flight per lane (backward)
+constexpr int kBwdUnroll = 2;   // gradient rows in flight per lane (backward)
 constexpr int kLongRow = 128;   // occurrences above which a unique row is split into segments
 
 struct ForwardArgs {
@@ -140,6 +140,7 @@ struct BackwardArgs {
   const int64_t* unique_offsets;
   const int32_t* unique_occ;
   const int32_t* occ_bag;
+  const int32_t* sorted_bag;  // [nnz] bag of occurrence unique_occ[q] (-1: invalid), gathered up front
   int64_t nnz;
   const int64_t* offsets;
   int64_t num_bags;
@@ -162,6 +163,17 @@ struct BackwardArgs {
   GroupLayout layout;
 };
 
+// sorted_bag[q] = occ_bag[unique_occ[q]] (-1 where unique_occ[q] is out of range): the backward reads the bag
+// of each sorted occurrence with one load instead of two dependent ones.
+__global__ void sorted_bag_kernel(const int32_t* __restrict__ unique_occ, const int32_t* __restrict__ occ_bag,
+                                  int64_t nnz, int32_t* __restrict__ sorted_bag) {
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < nnz;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t i = unique_occ[q];
+    sorted_bag[q] = (i >= 0 && i < nnz) ? occ_bag[i] : -1;
+  }
+}
+
 struct RowInfo {
   int chunks;  // C_t of the row's table (clamped to max_chunks)
   int live;    // live prefix length
@@ -170,7 +182,10 @@ struct RowInfo {
 
 __device__ __forceinline__ RowInfo row_info(const BackwardArgs& a, const Group& g, int64_t u) {
   RowInfo r;
+  // independent loads first (row key, occurrence range, this lane's slot of the first pass): one round trip
   const int64_t key = a.row_keys[u];
+  const int64_t first_raw = a.unique_offsets[u], last_raw = a.unique_offsets[u + 1];
+  const int32_t first_pass_slot = g.lane < a.max_chunks ? a.slots[u * a.max_chunks + g.lane] : -1;
   const int64_t t = key_table(key);
   r.chunks = (key >= 0 && t < a.num_tables) ? min(max(a.table_chunks[t], 0), a.max_chunks) : 0;
   r.live = r.chunks;
@@ -178,7 +193,7 @@ __device__ __forceinline__ RowInfo row_info(const BackwardArgs& a, const Group& 
     const int k = k0 + g.lane;
     bool missing = false;
     if (k < r.chunks) {
-      const int32_t s = a.slots[u * a.max_chunks + k];
+      const int32_t s = k0 == 0 ? first_pass_slot : a.slots[u * a.max_chunks + k];
       missing = s < 0 || s >= a.num_slots;
     }
     const unsigned bits = g.ballot(missing);
@@ -187,8 +202,8 @@ __device__ __forceinline__ RowInfo row_info(const BackwardArgs& a, const Group& 
       break;
     }
   }
-  r.first = min(max(a.unique_offsets[u], int64_t{0}), a.nnz);
-  r.last = min(max(a.unique_offsets[u + 1], r.first), a.nnz);
+  r.first = min(max(first_raw, int64_t{0}), a.nnz);
+  r.last = min(max(last_raw, r.first), a.nnz);
   return r;
 }
 
@@ -207,9 +222,10 @@ __device__ __forceinline__ void accumulate(const BackwardArgs& a, const Group& g
     float my_scale = 0.0f, my_wscale = 1.0f;
     int64_t my_row = 0, my_room = 0;  // grad_out offset of the feature's first column; columns it has
     if (q < qe) {
-      const int32_t i = a.unique_occ[q];
-      const int32_t bag = (i >= 0 && i < a.nnz) ? a.occ_bag[i] : -1;
-      if (bag >= 0 && bag < a.num_bags) {
+      const bool need_occ = a.weights != nullptr || (with_weight_grad && a.weight_grad != nullptr);
+      const int32_t bag = a.sorted_bag[q];  // -1 when unique_occ[q] is out of range
+      const int32_t i = need_occ ? a.unique_occ[q] : static_cast<int32_t>(q);  // else only a validity marker
+      if (bag >= 0 && bag < a.num_bags && i >= 0 && i < a.nnz) {
         const int64_t f = bag / a.batch_size;
         const int64_t b = bag - f * a.batch_size;
         const int64_t fcol = a.feature_cols[f];
@@ -330,11 +346,73 @@ __device__ __forceinline__ void chunk_gradient(const BackwardArgs& a, const Grou
   }
 }
 
+// Applies the optimizer to live chunk `slot` (this lane's V columns) given its gradient; row_mult: the row-wise
+// Adagrad step size lr / (sqrt(G) + eps) of the row (unused by SGD / Adagrad).
+template <int V>
+__device__ __forceinline__ void apply_update(const BackwardArgs& a, int64_t slot, int vec, const Vec<V>& w_old,
+                                             const Vec<V>& grad, float row_mult) {
+  const int c = a.chunk_size;
+  Vec<V> w = w_old;
+  if (a.optimizer == 0) {
+#pragma unroll
+    for (int e = 0; e < V; ++e) w.x[e] -= a.lr * grad.x[e];
+  } else if (a.optimizer == 1) {
+    float* st_ptr = a.state + slot * c + vec * V;
+    Vec<V> st;
+    st.load(st_ptr);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      st.x[e] += grad.x[e] * grad.x[e];
+      w.x[e] -= a.lr * grad.x[e] / (sqrtf(st.x[e]) + a.eps);
+    }
+    st.store(st_ptr);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) w.x[e] -= row_mult * grad.x[e];
+  }
+  w.store(a.pool + slot * c + vec * V);
+}
+
+// The update of unique row u when all its chunks fit one pass of the group (chunks <= G / Lc, e.g. D = 128 at
+// c = 16 or 32): each lane's gradient is summed ONCE over the occurrences and kept in registers, so row-wise
+// Adagrad needs no second sweep for its row norm. Same arithmetic, in the same order, as the two-sweep path.
+template <int V>
+__device__ __forceinline__ void update_row_one_pass(const BackwardArgs& a, const Group& g, int64_t u,
+                                                    const RowInfo& r, bool long_row, float count, int k, int vec,
+                                                    bool vec_ok) {
+  const int c = a.chunk_size;
+  const int last_chunk = min(r.live + 1, r.chunks);
+  const bool active = vec_ok && k < last_chunk;
+  const bool is_live = active && k < r.live;
+  const int64_t slot = is_live ? a.slots[u * a.max_chunks + k] : -1;
+  Vec<V> w_old = Vec<V>::zeros();
+  if (is_live) w_old.load(a.pool + slot * c + vec * V);
+  const bool rowwise = a.optimizer == 2 && r.live > 0;  // group-uniform
+  const int64_t slot0 = rowwise ? a.slots[u * a.max_chunks] : -1;
+  const float state_old = rowwise ? a.state[slot0] : 0.0f;  // issued with w_old, before the gradient sweep
+  Vec<V> grad = Vec<V>::zeros();
+  float norm_sum = 0.0f;
+  chunk_gradient<V>(a, g, u, r, long_row, k, vec, active, is_live, w_old, grad, norm_sum, true);
+  const float score = utility_score(a.utility_rule, count, norm_sum);
+  if (active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
+  float row_mult = 0.0f;
+  if (rowwise) {
+    const float row_sq = g.sum(is_live ? grad.dot(grad) : 0.0f, g.size);
+    __syncwarp(g.mask);  // every lane read the accumulator before lane 0 writes it
+    const float state_new = state_old + row_sq / static_cast<float>(r.live * c);
+    if (g.lane == 0) a.state[slot0] = state_new;
+    row_mult = a.lr / (sqrtf(state_new) + a.eps);
+  }
+  if (!is_live) return;
+  if (vec == 0) a.utility[slot] += score;
+  apply_update<V>(a, slot, vec, w_old, grad, row_mult);
+}
+
 // One group per unique row: gradient (from the occurrences, or from the segments of a long row), utility,
 // candidate score and the optimizer step on each live chunk. Row-wise Adagrad keeps ONE accumulator per row
 // (in the slot of chunk 0, as the CPU kernel): a first sweep sums the squared gradient over all live chunks.
 template <int V>
-__global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const BackwardArgs a) {
+__global__ void __launch_bounds__(cuda::kThreads, 3) backward_rows_kernel(const BackwardArgs a) {
   const Group g(a.layout.group_size);
   const int lanes_per_chunk = a.layout.lanes_per_chunk;
   const int chunk_in_pass = g.lane / lanes_per_chunk;
@@ -347,6 +425,10 @@ __global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const Bac
     const float count = static_cast<float>(r.last - r.first);
     const bool long_row = a.seg_start != nullptr && r.last - r.first > kLongRow;
     if (r.live >= r.chunks && g.lane == 0) a.candidate[u] = 0.0f;  // full row: no candidate chunk
+    if (a.layout.passes == 1) {  // the whole row fits the group: one sweep over the occurrences (group-uniform)
+      update_row_one_pass<V>(a, g, u, r, long_row, count, chunk_in_pass, vec, vec_ok);
+      continue;
+    }
     float row_mult = 0.0f;
     if (a.optimizer == 2 && r.live > 0) {  // group-uniform condition: every lane takes the same branches
       float row_sq = 0.0f;
@@ -382,25 +464,7 @@ __global__ void __launch_bounds__(cuda::kThreads) backward_rows_kernel(const Bac
       if (active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
       if (!is_live) continue;
       if (vec == 0) a.utility[slot] += score;
-      Vec<V> w = w_old;
-      if (a.optimizer == 0) {
-#pragma unroll
-        for (int e = 0; e < V; ++e) w.x[e] -= a.lr * grad.x[e];
-      } else if (a.optimizer == 1) {
-        float* st_ptr = a.state + slot * c + vec * V;
-        Vec<V> st;
-        st.load(st_ptr);
-#pragma unroll
-        for (int e = 0; e < V; ++e) {
-          st.x[e] += grad.x[e] * grad.x[e];
-          w.x[e] -= a.lr * grad.x[e] / (sqrtf(st.x[e]) + a.eps);
-        }
-        st.store(st_ptr);
-      } else {
-#pragma unroll
-        for (int e = 0; e < V; ++e) w.x[e] -= row_mult * grad.x[e];
-      }
-      w.store(a.pool + slot * c + vec * V);
+      apply_update<V>(a, slot, vec, w_old, grad, row_mult);
     }
   }
 }

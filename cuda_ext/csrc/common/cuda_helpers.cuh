@@ -5,6 +5,7 @@
 // Include <c10/cuda/CUDAStream.h>, never <ATen/cuda/CUDAContext.h>: the latter pulls cusparse.h, which the
 // toolkit on the build machines lacks.
 #pragma once
+#include "common/check_message.h"
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -25,9 +26,9 @@ constexpr int64_t kNone = INT64_MAX;  // "nothing found" in status tensors (redu
 // Every tensor must sit on `device`: a CPU tensor mixed into a CUDA call would hand the kernel a host pointer.
 inline void check_device(const char* op, const at::Device& device,
                          std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
-  TORCH_CHECK(device.is_cuda(), op, ": expected CUDA tensors, got ", device);
+  EMB_OPT_CHECK(device.is_cuda(), op, ": expected CUDA tensors, got ", device);
   for (const auto& [name, t] : tensors) {
-    TORCH_CHECK(!t->defined() || t->device() == device, op, ": ", name, " must be on ", device, " like the other "
+    EMB_OPT_CHECK(!t->defined() || t->device() == device, op, ": ", name, " must be on ", device, " like the other "
                 "arguments, got ", t->device());
   }
 }
@@ -65,7 +66,7 @@ struct GroupLayout {
 
 inline GroupLayout make_layout(const char* op, int64_t chunk_size, int64_t max_chunks, int vec) {
   const int64_t vecs = chunk_size / vec;
-  TORCH_CHECK(vecs >= 1 && vecs <= 32, op, ": chunk_size ", chunk_size, " is too wide for the CUDA kernels (at most ",
+  EMB_OPT_CHECK(vecs >= 1 && vecs <= 32, op, ": chunk_size ", chunk_size, " is too wide for the CUDA kernels (at most ",
               32 * vec, " floats with ", vec, "-float vectors)");
   GroupLayout layout;
   layout.vecs_per_chunk = static_cast<int>(vecs);

@@ -22,13 +22,13 @@ __global__ void mix_hash_kernel(const index_t* __restrict__ ids, int64_t* __rest
 
 at::Tensor mix_hash_cuda(const at::Tensor& ids, int64_t num_buckets, int64_t seed) {
   EMB_OPT_CHECK_INDEX_DTYPE(ids, "mix_hash: ids");
-  TORCH_CHECK(num_buckets >= 1, "mix_hash: num_buckets must be >= 1, got ", num_buckets);
+  EMB_OPT_CHECK(num_buckets >= 1, "mix_hash: num_buckets must be >= 1, got ", num_buckets);
   c10::cuda::CUDAGuard guard(ids.device());
   auto contiguous = ids.contiguous();
   auto out = at::empty(ids.sizes(), ids.options().dtype(at::kLong));
   const int64_t n = contiguous.numel();
   if (n == 0) return out;
-  TORCH_CHECK(contiguous.min().item<int64_t>() >= 0, "mix_hash: ids must be >= 0 (a negative id was found)");
+  EMB_OPT_CHECK(contiguous.min().item<int64_t>() >= 0, "mix_hash: ids must be >= 0 (a negative id was found)");
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535 * 8);
   AT_DISPATCH_INDEX_TYPES(contiguous.scalar_type(), "mix_hash_cuda", [&] {

@@ -21,7 +21,7 @@ void mix_hash_kernel(const index_t* ids, int64_t* out, int64_t n, int64_t num_bu
 
 at::Tensor mix_hash_cpu(const at::Tensor& ids, int64_t num_buckets, int64_t seed) {
   EMB_OPT_CHECK_INDEX_DTYPE(ids, "mix_hash: ids");
-  TORCH_CHECK(num_buckets >= 1, "mix_hash: num_buckets must be >= 1, got ", num_buckets);
+  EMB_OPT_CHECK(num_buckets >= 1, "mix_hash: num_buckets must be >= 1, got ", num_buckets);
   auto contiguous = ids.contiguous();
   auto out = at::empty(ids.sizes(), ids.options().dtype(at::kLong));
   const int64_t n = contiguous.numel();
@@ -30,7 +30,7 @@ at::Tensor mix_hash_cpu(const at::Tensor& ids, int64_t num_buckets, int64_t seed
   if (min_value < 0) {
     auto flat = contiguous.reshape({-1});
     auto position = (flat < 0).nonzero().select(1, 0)[0].item<int64_t>();
-    TORCH_CHECK(false, "mix_hash: ids must be >= 0, got id ", flat[position].item<int64_t>(),
+    EMB_OPT_CHECK(false, "mix_hash: ids must be >= 0, got id ", flat[position].item<int64_t>(),
                 " at flat position ", position);
   }
   AT_DISPATCH_INDEX_TYPES(contiguous.scalar_type(), "mix_hash_cpu", [&] {

@@ -135,8 +135,8 @@ at::Tensor vhpi_lookup_cuda(const at::Tensor& buckets, const at::Tensor& slot_ke
   check_vhpi_table(buckets, slot_keys, max_probe);
   EMB_OPT_CHECK_DTYPE(row_keys, at::kLong, "vhpi_lookup: row_keys");
   EMB_OPT_CHECK_DTYPE(num_chunks, at::kInt, "vhpi_lookup: num_chunks");
-  TORCH_CHECK(row_keys.numel() == num_chunks.numel(), "vhpi_lookup: row_keys and num_chunks differ in length");
-  TORCH_CHECK(max_chunks >= 1 && max_chunks <= (1 << kChunkBits), "vhpi_lookup: max_chunks out of range");
+  EMB_OPT_CHECK(row_keys.numel() == num_chunks.numel(), "vhpi_lookup: row_keys and num_chunks differ in length");
+  EMB_OPT_CHECK(max_chunks >= 1 && max_chunks <= (1 << kChunkBits), "vhpi_lookup: max_chunks out of range");
   cuda::check_device("vhpi_lookup", buckets.device(),
                      {{"slot_keys", &slot_keys}, {"row_keys", &row_keys}, {"num_chunks", &num_chunks}});
   c10::cuda::CUDAGuard guard(buckets.device());
@@ -179,17 +179,17 @@ int64_t vhpi_insert_cuda(at::Tensor& buckets, const at::Tensor& slot_keys, const
   if (host[0] != kNone) {
     const int64_t bad_slot = s[host[0]].item<int64_t>();
     const int64_t ns = slot_keys.numel();
-    TORCH_CHECK(bad_slot >= 0 && bad_slot < ns, "vhpi_insert_: slot ", bad_slot, " out of range [0, ", ns, ")");
-    TORCH_CHECK(false, "vhpi_insert_: slot ", bad_slot, " has no key");
+    EMB_OPT_CHECK(bad_slot >= 0 && bad_slot < ns, "vhpi_insert_: slot ", bad_slot, " out of range [0, ", ns, ")");
+    EMB_OPT_CHECK(false, "vhpi_insert_: slot ", bad_slot, " has no key");
   }
   return host[1];
 }
 
 at::Tensor vhpi_rebuild_cuda(const at::Tensor& slot_keys, int64_t num_buckets, int64_t max_probe) {
   EMB_OPT_CHECK_DTYPE(slot_keys, at::kLong, "vhpi_rebuild: slot_keys");
-  TORCH_CHECK(num_buckets >= 1, "vhpi_rebuild: num_buckets must be >= 1");
-  TORCH_CHECK(max_probe >= 1, "vhpi_rebuild: max_probe must be >= 1");
-  TORCH_CHECK(slot_keys.numel() <= INT32_MAX, "vhpi_rebuild: more than 2^31 - 1 slots");
+  EMB_OPT_CHECK(num_buckets >= 1, "vhpi_rebuild: num_buckets must be >= 1");
+  EMB_OPT_CHECK(max_probe >= 1, "vhpi_rebuild: max_probe must be >= 1");
+  EMB_OPT_CHECK(slot_keys.numel() <= INT32_MAX, "vhpi_rebuild: more than 2^31 - 1 slots");
   c10::cuda::CUDAGuard guard(slot_keys.device());
   auto keys = slot_keys.contiguous();
   auto buckets = at::full({num_buckets}, -1, keys.options().dtype(at::kInt));

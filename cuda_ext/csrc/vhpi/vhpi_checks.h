@@ -15,10 +15,10 @@ inline void check_vhpi_table(const at::Tensor& buckets, const at::Tensor& slot_k
   EMB_OPT_CHECK_DTYPE(slot_keys, at::kLong, "vhpi: slot_keys");
   EMB_OPT_CHECK_1D(buckets, "vhpi: buckets");
   EMB_OPT_CHECK_1D(slot_keys, "vhpi: slot_keys");
-  TORCH_CHECK(buckets.is_contiguous() && slot_keys.is_contiguous(), "vhpi: tables must be contiguous");
-  TORCH_CHECK(buckets.numel() > 0, "vhpi: the hash table has no buckets");
-  TORCH_CHECK(max_probe >= 1, "vhpi: max_probe must be >= 1, got ", max_probe);
-  TORCH_CHECK(slot_keys.numel() <= INT32_MAX, "vhpi: more than 2^31 - 1 slots");
+  EMB_OPT_CHECK(buckets.is_contiguous() && slot_keys.is_contiguous(), "vhpi: tables must be contiguous");
+  EMB_OPT_CHECK(buckets.numel() > 0, "vhpi: the hash table has no buckets");
+  EMB_OPT_CHECK(max_probe >= 1, "vhpi: max_probe must be >= 1, got ", max_probe);
+  EMB_OPT_CHECK(slot_keys.numel() <= INT32_MAX, "vhpi: more than 2^31 - 1 slots");
 }
 
 }  // namespace emb_opt

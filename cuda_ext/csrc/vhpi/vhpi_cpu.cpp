@@ -17,8 +17,8 @@ at::Tensor vhpi_lookup_cpu(const at::Tensor& buckets, const at::Tensor& slot_key
   check_vhpi_table(buckets, slot_keys, max_probe);
   EMB_OPT_CHECK_DTYPE(row_keys, at::kLong, "vhpi_lookup: row_keys");
   EMB_OPT_CHECK_DTYPE(num_chunks, at::kInt, "vhpi_lookup: num_chunks");
-  TORCH_CHECK(row_keys.numel() == num_chunks.numel(), "vhpi_lookup: row_keys and num_chunks differ in length");
-  TORCH_CHECK(max_chunks >= 1 && max_chunks <= (1 << kChunkBits), "vhpi_lookup: max_chunks out of range");
+  EMB_OPT_CHECK(row_keys.numel() == num_chunks.numel(), "vhpi_lookup: row_keys and num_chunks differ in length");
+  EMB_OPT_CHECK(max_chunks >= 1 && max_chunks <= (1 << kChunkBits), "vhpi_lookup: max_chunks out of range");
   const int64_t n = row_keys.numel();
   auto out = at::full({n, max_chunks}, -1, row_keys.options().dtype(at::kInt));
   auto keys = row_keys.contiguous();
@@ -66,8 +66,8 @@ int64_t vhpi_insert_cpu(at::Tensor& buckets, const at::Tensor& slot_keys, const 
   const int64_t nb = buckets.numel();
   const int64_t ns = slot_keys.numel();
   for (int64_t i = 0; i < s.numel(); ++i) {
-    TORCH_CHECK(sp[i] >= 0 && sp[i] < ns, "vhpi_insert_: slot ", sp[i], " out of range [0, ", ns, ")");
-    TORCH_CHECK(sk[sp[i]] >= 0, "vhpi_insert_: slot ", sp[i], " has no key");
+    EMB_OPT_CHECK(sp[i] >= 0 && sp[i] < ns, "vhpi_insert_: slot ", sp[i], " out of range [0, ", ns, ")");
+    EMB_OPT_CHECK(sk[sp[i]] >= 0, "vhpi_insert_: slot ", sp[i], " has no key");
     if (!insert_one(b, nb, max_probe, sk[sp[i]], sp[i])) return i;
   }
   return s.numel();
@@ -75,8 +75,8 @@ int64_t vhpi_insert_cpu(at::Tensor& buckets, const at::Tensor& slot_keys, const 
 
 at::Tensor vhpi_rebuild_cpu(const at::Tensor& slot_keys, int64_t num_buckets, int64_t max_probe) {
   EMB_OPT_CHECK_DTYPE(slot_keys, at::kLong, "vhpi_rebuild: slot_keys");
-  TORCH_CHECK(num_buckets >= 1, "vhpi_rebuild: num_buckets must be >= 1");
-  TORCH_CHECK(max_probe >= 1, "vhpi_rebuild: max_probe must be >= 1");
+  EMB_OPT_CHECK(num_buckets >= 1, "vhpi_rebuild: num_buckets must be >= 1");
+  EMB_OPT_CHECK(max_probe >= 1, "vhpi_rebuild: max_probe must be >= 1");
   auto keys = slot_keys.contiguous();
   auto buckets = at::full({num_buckets}, -1, slot_keys.options().dtype(at::kInt));
   const int64_t* sk = keys.data_ptr<int64_t>();
