@@ -60,6 +60,18 @@ def _warn_once() -> None:
         )
 
 
+def adopt_registered_operators(with_cuda: bool) -> None:
+    """Call ``torch.ops.emb_opt.*`` registered by a library loaded elsewhere, not the references.
+
+    ``experiments/cuda_build.py`` compiles the operators on a GPU machine (where no ``cuda_ext._C`` exists for
+    its Python) and loads them with ``torch.ops.load_library``; after this call ``ops.<name>`` uses them.
+    """
+    global _C, _load_error
+    getattr(torch.ops.emb_opt, "vhpi_lookup")  # raises if no library registered the operators
+    _C = type("RegisteredOperators", (), {"with_cuda": bool(with_cuda)})()
+    _load_error = None
+
+
 class _Ops:
     """Dispatch ``ops.name(...)`` to the compiled operator or to ``cuda_ext.reference.name``."""
 
@@ -72,4 +84,5 @@ class _Ops:
 
 ops = _Ops()
 
-__all__ = ["ops", "reference", "extension_loaded", "extension_with_cuda", "extension_status"]
+__all__ = ["ops", "reference", "extension_loaded", "extension_with_cuda", "extension_status",
+           "adopt_registered_operators"]

@@ -6,9 +6,6 @@
 * ``memory_report(module)`` / ``plot_memory_report(df, path)`` -- where the embedding memory goes.
 """
 from emb_opt.config import FiitedConfig, OptimizerType, UtilityRule
-from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
-from emb_opt.row_pruning import RowPruningEmbeddingBagCollection
-from emb_opt.convert import convert
 
 __all__ = [
     "FiitedConfig",
@@ -22,13 +19,28 @@ __all__ = [
     "plot_telemetry",
 ]
 
-_REPORT_EXPORTS = {"memory_report": "emb_opt.report", "plot_memory_report": "emb_opt.report_plots",
-                   "plot_telemetry": "emb_opt.report_plots"}
+# Imported when first asked for: the modules (TorchRec) and the report (pandas, matplotlib). So the store,
+# the resize step and the kernels (emb_opt.chunk_store, emb_opt.resize) import on a machine without TorchRec,
+# such as the GPU machines that run experiments/gpu_store_check.py.
+_LAZY_EXPORTS = {
+    "FiitedEmbeddingBagCollection": "emb_opt.fiited_ebc",
+    "RowPruningEmbeddingBagCollection": "emb_opt.row_pruning",
+    "convert": "emb_opt.convert",
+    "memory_report": "emb_opt.report",
+    "plot_memory_report": "emb_opt.report_plots",
+    "plot_telemetry": "emb_opt.report_plots",
+}
 
 
-def __getattr__(name: str):  # the report (pandas, matplotlib) is imported when first asked for
-    if name in _REPORT_EXPORTS:
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_REPORT_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'emb_opt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY_EXPORTS))

@@ -42,3 +42,40 @@ def test_bench_cpu_smoke_writes_every_stage(tmp_path):
         assert ("fiited", stage) in stages
     assert ("embedding_bag", "fwd_bwd") in stages and ("copy", "d2d") in stages
     assert all(float(r["ms"]) > 0 for r in rows)
+
+
+def test_store_check_drives_the_store_like_the_module():
+    """experiments/gpu_store_check.py's train_step (what runs on the GPU, without TorchRec) leaves the store in
+    exactly the state FiitedEmbeddingBagCollection's own training step leaves it in, resizes included."""
+    import torch
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from emb_opt import FiitedEmbeddingBagCollection
+    from experiments import gpu_store_check as check
+
+    steps, batch, budget = 14, 256, 3 * 2**20
+    cpu = torch.device("cpu")
+    store = check.make_store(check.make_config(steps), budget, cpu)
+    features = [f"f{i}" for i in range(len(check.FEATURE_TABLE))]
+    tables = [EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=rows,
+                                 feature_names=[f for f, t in zip(features, check.FEATURE_TABLE) if t == i])
+              for i, (name, rows, dim) in enumerate(zip(check.NAMES, check.ROWS, check.DIMS))]
+    module = FiitedEmbeddingBagCollection(tables, memory_budget=budget, config=check.make_config(steps), device=cpu)
+    module.train()
+    layout = check.feature_layout(cpu)
+    resizes = 0
+    for b in check.make_batches(steps, batch, seed=3):
+        resizes += check.train_step(store, b, *layout, batch) is not None
+        kjt = KeyedJaggedTensor(keys=features, values=b["values"], lengths=b["lengths"].reshape(-1))
+        module(kjt).values().backward(b["grad"])
+    assert resizes >= 2 and len(module.telemetry) == resizes
+    problems = check.compare("module vs train_step", check.dense_view(store), check.dense_view(module.store), tol=1e-7)
+    assert not problems, problems
+    assert store.counter_dict()["pruned_chunks"] > 0
+
+
+def test_store_check_runs_on_cpu(tmp_path):
+    result = run_script(["experiments/gpu_store_check.py", "--device", "cpu", "--steps", "24", "--batch", "512"], tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "0 mismatches -> PASS" in result.stdout and "MATCH" in result.stdout
