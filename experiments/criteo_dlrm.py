@@ -50,6 +50,7 @@ class Config:
     eval_batch_size: int = 8192
     embedding_dim: int = 64
     chunk_size: int = 16
+    fiited_options: str = ""  # extra FiitedConfig fields for fiited / fiited_sid, e.g. "utility=freq,position_exponent=2"
     emb_lr: float = 0.05
     dense_lr: float = 1e-3
     warmup_steps: int = 60
@@ -154,11 +155,36 @@ class DataSource:
                 for n, rows in zip(CAT_NAMES, self.cardinalities)]
 
 
+def parse_fiited_options(text: str) -> Dict[str, object]:
+    """``"utility=freq,position_exponent=2"`` -> FiitedConfig overrides (numbers parsed; unknown names raise)."""
+    from emb_opt.config import FiitedConfig
+
+    options: Dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in FiitedConfig.__dataclass_fields__:
+            raise ValueError(f"--fiited-options: {item!r} is not NAME=VALUE with NAME a FiitedConfig field "
+                             f"({', '.join(sorted(FiitedConfig.__dataclass_fields__))})")
+        value = value.strip()
+        for cast in (int, float):
+            try:
+                options[name] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[name] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
 # ---- one method ---------------------------------------------------------------------------------------
 def run_method(spec: MethodSpec, data: DataSource, eval_set: List[Batch], config: Config) -> Tuple[Dict, object]:
     torch.manual_seed(config.seed)
     tables = data.tables()
     fiited_options = dict(warmup_steps=config.warmup_steps, resize_interval=config.resize_interval)
+    if spec.kind in ("fiited", "fiited_sid"):
+        fiited_options.update(parse_fiited_options(config.fiited_options))
     sid = data.semantic_ids() if spec.kind in SID_KINDS else None
     collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, fiited_options, sid)
     model = build_dlrm(collection, config.embedding_dim)
@@ -205,6 +231,7 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     torch.manual_seed(config.seed)
     os.makedirs(config.out, exist_ok=True)
     specs = parse_methods(config.methods, config.budgets)
+    parse_fiited_options(config.fiited_options)  # a typo fails now, not after the first methods trained
     data = DataSource(config)
     if config.data_dir and any(s.kind in SID_KINDS for s in specs):
         print("note: real Criteo files carry no item content, so the semantic-ID methods are skipped")

@@ -45,3 +45,22 @@ def test_bad_method_arguments():
         parse_methods("full,magic", "0.1")
     with pytest.raises(ValueError, match="fractions in"):
         parse_methods("hash", "1.5")
+
+
+def test_fiited_options_reach_the_collection(tmp_path, monkeypatch):
+    from emb_opt import FiitedEmbeddingBagCollection
+
+    seen = []
+    original = FiitedEmbeddingBagCollection.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.config)
+
+    monkeypatch.setattr(FiitedEmbeddingBagCollection, "__init__", spy)
+    criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--budgets", "0.1",
+                             "--fiited-options", "utility=freq, position_exponent=2,prefix_dropout=0.25"])
+    (config,) = seen
+    assert config.utility.value == "freq" and config.position_exponent == 2 and config.prefix_dropout == 0.25
+    with pytest.raises(ValueError, match="not NAME=VALUE"):
+        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--fiited-options", "utilty=freq"])
