@@ -8,6 +8,7 @@ One table of --rows virtual rows, one feature, batch --batch, fixed pooling L, f
 * ``embedding_bag``: torch.nn.EmbeddingBag(sum, sparse=True), forward and forward + backward + sparse Adagrad step;
 * ``tbe``: FBGEMM SplitTableBatchedEmbeddingBagsCodegen (EXACT_ROWWISE_ADAGRAD, fused backward) when
   ``import fbgemm_gpu`` works (experiments' GPU machine: carry the wheel, see shared/tools/fbgemm-on-gpu.md);
+* ``semantic_id``: the fused semantic-ID token kernel vs the same tokens from torch ops (``--semantic-id-only``);
 * ``fiited``: the ops of a FIITED collection on a VHPI store whose rows keep a random prefix of their chunks
   (k_r ~ Binomial(D/c, budget), so live chunks / all chunks ~ budget), slots shuffled over the pool, hash table
   at load 0.5: ``fwd`` = chunk_bag_unique -> vhpi_lookup -> chunk_bag_forward, ``fwd_bwd`` = fwd +
@@ -262,6 +263,26 @@ def bench_fiited(report: Report, args: argparse.Namespace, device: torch.device,
     del store
 
 
+def bench_semantic_id(report: Report, device: torch.device, timer: Timer, smoke: bool) -> None:
+    """semantic_id_tokens (one fused kernel) vs the same tokens from torch ops (the reference, which is what
+    SemanticIdTransform ran before the kernel): 2^20 ids (2^12 with --cpu-smoke) into a 10^6-item code table,
+    prefix-ngram, L = 3, K = 256, H = 5 * 10^6, 5% unknown ids."""
+    from cuda_ext import reference
+    from semantic_id.parameterizations import token_plan
+
+    n, items, L, K, H = (1 << 12 if smoke else 1 << 20), (10**4 if smoke else 10**6), 3, 256, 5 * 10**6
+    gen = torch.Generator(device=device).manual_seed(7)
+    codes = torch.randint(0, K, (items, L), generator=gen, device=device)
+    ids = torch.randint(0, int(items * 1.05), (n,), generator=gen, device=device)
+    plan = token_plan("prefix_ngram", L, K)
+    args = (list(plan.starts), list(plan.lengths), [o % H for o in plan.offsets], plan.add, K, H)
+    nbytes = n * 8 + n * L * 8 + n * L * 8  # ids read, code rows gathered, tokens written
+    kernel = timer(lambda i: torch.ops.emb_opt.semantic_id_tokens(ids, codes, *args))
+    report.add("semantic_id", "kernel", L, kernel, nbytes, ids=n)
+    torch_ops = timer(lambda i: reference.semantic_id_tokens(ids, codes, *args))
+    report.add("semantic_id", "torch_ops", L, torch_ops, nbytes, ids=n, x_kernel=round(torch_ops / kernel, 2))
+
+
 def write_csv(rows: List[Dict[str, object]]) -> str:
     out_dir = os.environ.get("OUT") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
     os.makedirs(out_dir, exist_ok=True)
@@ -300,6 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-baselines", action="store_true", help="FIITED only")
+    parser.add_argument("--semantic-id-only", action="store_true", help="only the semantic-ID token kernel")
     parser.add_argument("--build-dir", default="")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, CPU tensors, compiled CPU kernels")
     args = parser.parse_args(argv)
@@ -322,6 +344,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     poolings = [int(x) for x in args.poolings.split(",")]
     batches = {p: make_batches(args.rows, args.batch, p, device, seed=p) for p in poolings}
     bench_copy(report, device, timer, args.cpu_smoke)
+    bench_semantic_id(report, device, timer, args.cpu_smoke)
+    if args.semantic_id_only:
+        print(f"bench_gpu: wrote {write_csv(report.rows)}")
+        return 0
     baselines: Dict[str, Dict[tuple, float]] = {}
     if not args.no_baselines:
         baselines["embedding_bag"] = bench_embedding_bag(report, args, device, timer, batches)

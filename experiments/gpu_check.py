@@ -6,7 +6,7 @@ Builds the operators on the machine (experiments/cuda_build.py), then runs every
 several seeds, int32 and int64 ids, sum and mean pooling, with and without per-sample weights, SGD / Adagrad /
 row-wise Adagrad x the three utility rules, features sharing a table, empty bags, hot rows with more than
 kLongRow (128) occurrences, chunk sizes on the float4 path and on the scalar path, rows wider than one warp
-pass, more than 32 chunks -- and holds each to the reference run on the CPU: floats ||out - ref|| / ||ref|| <
+pass, more than 32 chunks, semantic-ID tokens of every code-based parameterization -- and holds each to the reference run on the CPU: floats ||out - ref|| / ||ref|| <
 1e-5; integers exact, after putting both in the order the CUDA contract allows (chunk_bag_unique: sorted row
 keys; vhpi buckets: checked by content and findability, not by placement). Before each op call the CUDA
 allocator's free blocks are filled with 0x7F bytes, so an output element a kernel forgot to write reads as
@@ -185,6 +185,29 @@ def check_vhpi(seed: int) -> None:
         record(name, True, f"tiny table took {n_tiny} of 20")
     elif not any(r[0].startswith(name) and not r[1] for r in RESULTS):
         record(name, False, f"inserted {n} of {live.numel() - half}; tiny {n_tiny}")
+
+
+# ---- semantic-ID tokens ----------------------------------------------------------------------------------
+def check_semantic_id(seed: int) -> None:
+    from semantic_id.parameterizations import CODE_PARAMETERIZATIONS, token_plan
+
+    gen = torch.Generator().manual_seed(seed + 500)
+    for levels, K, H, feature_offset in ((3, 64, None, 0), (4, 256, 5000, 17), (6, 2048, 10**9 + 7, 3)):
+        codes = torch.randint(0, K, (4000, levels), generator=gen)
+        codes[torch.randperm(4000, generator=gen)[:300], 0] = -1  # ids without a code
+        for name in CODE_PARAMETERIZATIONS:
+            if name in ("trigram", "fourgram") and levels < (3 if name == "trigram" else 4):
+                continue
+            plan = token_plan(name, levels, K)
+            h = plan.space if H is None else H
+            args = (list(plan.starts), list(plan.lengths), [(o + feature_offset) % h for o in plan.offsets], plan.add, K, h)
+            for dtype in (torch.int32, torch.int64):
+                ids = torch.randint(-5, 4400, (20000,), generator=gen).to(dtype)
+                tag = f"semantic_id_tokens seed={seed} L={levels} K={K} {name} {str(dtype)[6:]}"
+                want = reference.semantic_id_tokens(ids, codes, *args)
+                got = run(ops().semantic_id_tokens, cuda(ids), cuda(codes), *args)
+                if same(f"{tag}: tokens", got[0], want[0]) and same(f"{tag}: first unknown", got[1], want[1]):
+                    record(tag, True, f"{int((want[0][:, 0] < 0).sum())} unknown of {ids.numel()}")
 
 
 # ---- chunk bag -----------------------------------------------------------------------------------------
@@ -384,6 +407,7 @@ OPS: Dict[str, Tuple[str, ...]] = {
     "chunk_bag_unique": ("chunk_bag_unique", "unique ", "chunk_bag "),
     "chunk_bag_forward": ("chunk_bag_forward", "forward ", "chunk_bag "),
     "chunk_bag_backward_update_": ("chunk_bag_backward_update_", "backward ", "chunk_bag "),
+    "semantic_id_tokens": ("semantic_id_tokens", "semantic_id "),
 }
 
 
@@ -407,7 +431,8 @@ def main(argv: List[str] = None) -> int:
         print(f"gpu_check: built and loaded in {build_native_ops(args.build_dir, args.verbose_build):.0f} s", flush=True)
     checks: List[Tuple[str, Callable[[], None]]] = []
     for seed in range(args.seeds):
-        checks += [(f"mix_hash {seed}", lambda s=seed: check_mix_hash(s)), (f"vhpi {seed}", lambda s=seed: check_vhpi(s))]
+        checks += [(f"mix_hash {seed}", lambda s=seed: check_mix_hash(s)), (f"vhpi {seed}", lambda s=seed: check_vhpi(s)),
+                   (f"semantic_id {seed}", lambda s=seed: check_semantic_id(s))]
         for cfg in CONFIGS:
             for dtype in (torch.int64, torch.int32) if seed < 2 else (torch.int64,):
                 def one(cfg=cfg, seed=seed, dtype=dtype) -> None:

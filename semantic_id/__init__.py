@@ -23,7 +23,6 @@ from semantic_id.codes import (
     save_codes,
     save_quantizer,
 )
-from semantic_id.ebc import SemanticIdEmbeddingBagCollection, semantic_id_pair
 from semantic_id.kmeans import kmeans
 from semantic_id.parameterizations import (
     CODE_PARAMETERIZATIONS,
@@ -45,7 +44,6 @@ from semantic_id.parameterizations import (
 )
 from semantic_id.rq_kmeans import RQKMeans
 from semantic_id.rq_vae import RQVAE
-from semantic_id.transform import UNKNOWN_ID_POLICIES, SemanticIdTransform
 
 __all__ = [
     "build_codes",
@@ -83,3 +81,26 @@ __all__ = [
     "SemanticIdEmbeddingBagCollection",
     "semantic_id_pair",
 ]
+
+# The TorchRec pieces are imported when first asked for, so codes, quantizers and parameterizations import on a
+# machine without TorchRec (the GPU machines that run experiments/gpu_check.py).
+_TORCHREC_EXPORTS = {
+    "SemanticIdTransform": "semantic_id.transform",
+    "UNKNOWN_ID_POLICIES": "semantic_id.transform",
+    "SemanticIdEmbeddingBagCollection": "semantic_id.ebc",
+    "semantic_id_pair": "semantic_id.ebc",
+}
+
+
+def __getattr__(name: str):
+    if name in _TORCHREC_EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_TORCHREC_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'semantic_id' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_TORCHREC_EXPORTS))

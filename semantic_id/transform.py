@@ -4,7 +4,9 @@ Placed in front of an ordinary ``EmbeddingBagCollection`` whose table for that f
 ``transform.num_embeddings`` rows: each raw id of the feature becomes ``T`` tokens (``T = 3`` for prefix-3gram),
 so the feature's bag lengths are multiplied by ``T`` and the EBC's sum pooling adds the ``T`` rows into the
 item's vector. Other features, the key order and the stride are untouched; per-sample weights of the feature
-are repeated per token. Everything is vectorised (no Python loop over ids).
+are repeated per token. Everything is vectorised: code-based tokens come from one fused op,
+``emb_opt::semantic_id_tokens`` (C++ / CUDA kernel; reference ``cuda_ext/reference/semantic_id.py``), with no
+Python loop over ids.
 
 State: the id -> codes table is the buffer ``codes [n_items, L]`` (int64; a row of ``-1`` = "this id has no
 code"), so ``state_dict`` round-trips, including items added later (loading resizes the buffer).
@@ -29,10 +31,11 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from hashing.random_hash import random_hash
+from cuda_ext import ops
 from semantic_id.parameterizations import (
     CODE_PARAMETERIZATIONS,
     PARAMETERIZATIONS,
-    apply_plan,
+    _check_modulus,
     token_plan,
 )
 
@@ -207,6 +210,14 @@ class SemanticIdTransform(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ tokens
+    def _token_args(self) -> Tuple[List[int], List[int], List[int], int, int, int]:
+        """The plan as ``emb_opt::semantic_id_tokens`` arguments (token offsets + feature offset, mod H)."""
+        assert self.plan is not None
+        H = self.num_buckets
+        _check_modulus(self.codebook_size, H)
+        offsets = [(int(o) + self.feature_offset) % H for o in self.plan.offsets]
+        return list(self.plan.starts), list(self.plan.lengths), offsets, self.plan.add, self.codebook_size, H
+
     def _raise_bad_id(self, ids: torch.Tensor, bad: torch.Tensor, why: str) -> None:
         position = int(bad.nonzero()[0, 0])
         raise ValueError(f"SemanticIdTransform feature {self.feature!r}: id {int(ids[position])} at position "
@@ -226,12 +237,11 @@ class SemanticIdTransform(nn.Module):
         n_items = self.num_items
         in_range = ids < n_items
         safe = torch.where(in_range, ids, torch.zeros_like(ids))
-        if self.plan is not None:
-            rows = self.codes[safe] if n_items else torch.zeros(ids.numel(), self.levels, dtype=torch.int64,
-                                                                 device=ids.device)
-            known = in_range & (rows[:, 0] >= 0)
+        code_tokens = None
+        if self.plan is not None:  # one fused op (CPU / CUDA kernel): gather codes, Horner forms, mod H
+            code_tokens, _ = ops.semantic_id_tokens(ids, self.codes, *self._token_args())
+            known = code_tokens[:, 0] >= 0
         else:
-            rows = None
             known = in_range
         all_known = bool(known.all()) if (self.validate or self.unknown_id_policy == "hash") else True
         if not all_known and self.unknown_id_policy == "error":
@@ -247,8 +257,8 @@ class SemanticIdTransform(nn.Module):
         elif self.parameterization == "individual":
             tokens = torch.remainder(safe + self.feature_offset, H).reshape(-1, 1)
         else:
-            assert self.plan is not None and rows is not None
-            tokens = apply_plan(rows.clamp_min(0), self.plan, H, self.feature_offset, check=False)
+            assert code_tokens is not None
+            tokens = code_tokens  # rows of unknown ids are -1: replaced by the fallback below, or an error above
         T = tokens.shape[1]
         if all_known:
             counts = torch.full((ids.numel(),), T, dtype=torch.int64, device=ids.device)

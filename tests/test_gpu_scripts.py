@@ -79,3 +79,20 @@ def test_store_check_runs_on_cpu(tmp_path):
     result = run_script(["experiments/gpu_store_check.py", "--device", "cpu", "--steps", "24", "--batch", "512"], tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "0 mismatches -> PASS" in result.stdout and "MATCH" in result.stdout
+
+
+def test_device_scripts_need_no_torchrec(tmp_path):
+    """The GPU machines have no TorchRec: everything the device scripts import and run must work without it."""
+    code = (
+        "import sys; sys.modules['torchrec'] = None\n"  # any `import torchrec...` now raises ImportError
+        "import torch, cuda_ext._C\n"
+        "from experiments import gpu_check, bench_gpu, gpu_store_check\n"
+        "gpu_check.DEV = torch.device('cpu')\n"
+        "gpu_check.check_semantic_id(0)\n"
+        "assert gpu_check.RESULTS and all(ok for _, ok, _ in gpu_check.RESULTS), gpu_check.RESULTS\n"
+        "store = gpu_store_check.make_store(gpu_store_check.make_config(6), 2**21, torch.device('cpu'))\n"
+        "import emb_opt.resize, semantic_id.parameterizations, hashing.random_hash\n"
+        "print('NO_TORCHREC_OK')\n"
+    )
+    result = run_script(["-c", code], tmp_path)
+    assert result.returncode == 0 and "NO_TORCHREC_OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]

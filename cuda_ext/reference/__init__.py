@@ -6,6 +6,7 @@ when the extension is not built.
 from cuda_ext.reference.hashing import mix_hash, mix64, seeded_hash63
 from cuda_ext.reference.vhpi import vhpi_insert_, vhpi_lookup, vhpi_rebuild
 from cuda_ext.reference.chunk_bag import chunk_bag_backward_update_, chunk_bag_forward, chunk_bag_unique
+from cuda_ext.reference.semantic_id import semantic_id_tokens
 
 __all__ = [
     "mix_hash",
@@ -17,4 +18,5 @@ __all__ = [
     "chunk_bag_unique",
     "chunk_bag_forward",
     "chunk_bag_backward_update_",
+    "semantic_id_tokens",
 ]

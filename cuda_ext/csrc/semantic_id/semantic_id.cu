@@ -1,0 +1,62 @@
+// CUDA kernel of emb_opt::semantic_id_tokens (contract in semantic_id_ops.cpp): one thread per id computes its
+// T tokens; unknown ids are reduced to the first position with atomicMin. No host synchronisation.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/cuda_helpers.cuh"
+#include "semantic_id/semantic_id_checks.h"
+
+namespace emb_opt {
+namespace {
+
+using cuda::kNone;
+using cuda::kThreads;
+
+template <typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    semantic_id_tokens_kernel(const index_t* __restrict__ ids, int64_t n, const int64_t* __restrict__ codes,
+                              int64_t num_items, const __grid_constant__ SemanticIdPlan plan, int64_t* __restrict__ out,
+                              int64_t* __restrict__ first_unknown) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t id = static_cast<int64_t>(ids[i]);
+    int64_t* dst = out + i * plan.num_tokens;
+    const int64_t* row = (id >= 0 && id < num_items) ? codes + id * plan.levels : nullptr;
+    if (row == nullptr || __ldg(row) < 0) {
+      for (int t = 0; t < plan.num_tokens; ++t) dst[t] = -1;
+      atomicMin(reinterpret_cast<unsigned long long*>(first_unknown), static_cast<unsigned long long>(i));
+      continue;
+    }
+    for (int t = 0; t < plan.num_tokens; ++t) dst[t] = semantic_id_token(plan, row, t);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> semantic_id_tokens_cuda(const at::Tensor& ids, const at::Tensor& codes,
+                                                           at::IntArrayRef starts, at::IntArrayRef lengths,
+                                                           at::IntArrayRef token_offsets, int64_t add,
+                                                           int64_t codebook_size, int64_t num_buckets) {
+  const SemanticIdPlan plan =
+      make_semantic_id_plan(ids, codes, starts, lengths, token_offsets, add, codebook_size, num_buckets);
+  cuda::check_device("semantic_id_tokens", ids.device(), {{"codes", &codes}});
+  c10::cuda::CUDAGuard guard(ids.device());
+  auto flat = ids.contiguous().reshape({-1});
+  auto table = codes.contiguous();
+  const int64_t n = flat.numel();
+  auto tokens = at::empty({n, plan.num_tokens}, flat.options().dtype(at::kLong));
+  auto status = at::full({1}, kNone, flat.options().dtype(at::kLong));
+  if (n > 0) {
+    AT_DISPATCH_INDEX_TYPES(flat.scalar_type(), "semantic_id_tokens_cuda", [&] {
+      semantic_id_tokens_kernel<index_t><<<cuda::blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          flat.data_ptr<index_t>(), n, table.data_ptr<int64_t>(), table.size(0), plan, tokens.data_ptr<int64_t>(),
+          status.data_ptr<int64_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {tokens, at::where(status == kNone, at::full_like(status, -1), status)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(emb_opt, CUDA, m) { m.impl("semantic_id_tokens", &semantic_id_tokens_cuda); }
+
+}  // namespace emb_opt

@@ -1,0 +1,70 @@
+// Argument checks and the token plan of semantic_id_tokens, shared by the CPU and CUDA kernels.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#include "common/checks.h"
+#include "common/mix64.h"
+
+namespace emb_opt {
+
+constexpr int kMaxSemanticIdTokens = 16;
+
+// The TokenPlan as plain values (passed to CUDA kernels by value).
+struct SemanticIdPlan {
+  int num_tokens;
+  int64_t levels;  // L, columns of codes
+  int64_t start[kMaxSemanticIdTokens];
+  int64_t length[kMaxSemanticIdTokens];
+  int64_t offset[kMaxSemanticIdTokens];
+  int64_t add, codebook_size, num_buckets;
+};
+
+inline SemanticIdPlan make_semantic_id_plan(const at::Tensor& ids, const at::Tensor& codes, at::IntArrayRef starts,
+                                            at::IntArrayRef lengths, at::IntArrayRef token_offsets, int64_t add,
+                                            int64_t codebook_size, int64_t num_buckets) {
+  EMB_OPT_CHECK_INDEX_DTYPE(ids, "semantic_id_tokens: ids");
+  EMB_OPT_CHECK_DTYPE(codes, at::kLong, "semantic_id_tokens: codes");
+  EMB_OPT_CHECK(codes.dim() == 2, "semantic_id_tokens: codes must be [N, L], got shape ", codes.sizes());
+  const int64_t T = static_cast<int64_t>(starts.size());
+  EMB_OPT_CHECK(T >= 1 && T <= kMaxSemanticIdTokens && lengths.size() == starts.size() &&
+                    token_offsets.size() == starts.size(),
+                "semantic_id_tokens: starts, lengths and token_offsets must have the same 1..", kMaxSemanticIdTokens,
+                " entries, got ", T, ", ", static_cast<int64_t>(lengths.size()), ", ",
+                static_cast<int64_t>(token_offsets.size()));
+  EMB_OPT_CHECK(codebook_size >= 1 && num_buckets >= 1, "semantic_id_tokens: codebook_size and num_buckets must be >= 1");
+  EMB_OPT_CHECK(add == 0 || add == 1, "semantic_id_tokens: add must be 0 or 1, got ", add);
+  // v * K + code + add with v < H and code < K must fit int64 (the Python side checks the same, _check_modulus)
+  EMB_OPT_CHECK(num_buckets <= (INT64_MAX - 2 * codebook_size) / codebook_size,
+                "semantic_id_tokens: num_buckets x codebook_size overflows int64");
+  SemanticIdPlan plan;
+  plan.num_tokens = static_cast<int>(T);
+  plan.levels = codes.size(1);
+  plan.add = add;
+  plan.codebook_size = codebook_size;
+  plan.num_buckets = num_buckets;
+  for (int64_t t = 0; t < T; ++t) {
+    EMB_OPT_CHECK(starts[t] >= 0 && lengths[t] >= 1 && starts[t] + lengths[t] <= codes.size(1),
+                  "semantic_id_tokens: token ", t, " reads code levels [", starts[t], ", ", starts[t] + lengths[t],
+                  ") of ", codes.size(1));
+    EMB_OPT_CHECK(token_offsets[t] >= 0 && token_offsets[t] < num_buckets, "semantic_id_tokens: token_offsets[", t,
+                  "] = ", token_offsets[t], " is not reduced mod ", num_buckets);
+    plan.start[t] = starts[t];
+    plan.length[t] = lengths[t];
+    plan.offset[t] = token_offsets[t];
+  }
+  return plan;
+}
+
+// Token t of an id whose code row starts at `row` (L entries). Codes below 0 count as 0, as in apply_plan.
+EMB_OPT_HD int64_t semantic_id_token(const SemanticIdPlan& plan, const int64_t* row, int t) {
+  int64_t v = 0;
+  for (int64_t s = plan.start[t]; s < plan.start[t] + plan.length[t]; ++s) {
+    const int64_t code = row[s];
+    v = (v * plan.codebook_size + (code > 0 ? code : 0) + plan.add) % plan.num_buckets;
+  }
+  return (v + plan.offset[t]) % plan.num_buckets;
+}
+
+}  // namespace emb_opt
