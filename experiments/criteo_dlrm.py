@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import glob
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class Config:
     resize_interval: int = 30
     cardinality_scale: float = 0.01
     seed: int = 0
+    seeds: str = ""  # e.g. "1,2,3": repeat the whole comparison per seed (data, init) and print mean +- s.e.m.
     out: str = "results/criteo_dlrm"
     nproc: int = 1  # > 1: every method sharded under TorchRec DistributedModelParallel on that many CPU processes
     quick: bool = False
@@ -226,8 +228,51 @@ def plot_auc_vs_bytes(df: pd.DataFrame, path: str, title: str) -> str:
     return path
 
 
+def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method over seeds: mean AUC, its standard error, and the mean paired AUC difference (same seed, same
+    budget) to row pruning and to random hashing, with standard errors -- how "ahead" is told from noise."""
+    def sem(values: pd.Series) -> float:
+        return float(values.std(ddof=1) / len(values) ** 0.5) if len(values) > 1 else float("nan")
+
+    budget = df["method"].str.partition("@")[2]
+    rows = []
+    for method, group in df.groupby("method", sort=False):
+        row = {"method": method, "seeds": len(group), "auc_mean": group["auc"].mean(), "auc_sem": sem(group["auc"])}
+        b = budget[group.index[0]]
+        for baseline in ("rowprune", "hash"):
+            other = df[df["method"] == f"{baseline}@{b}"].set_index("seed")["auc"] if b else pd.Series(dtype=float)
+            if b and not method.startswith(baseline + "@") and len(other):
+                diff = group.set_index("seed")["auc"] - other
+                diff = diff.dropna()
+                row[f"vs_{baseline}_mean"], row[f"vs_{baseline}_sem"] = diff.mean(), sem(diff)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main_seeds(config: Config, argv: List[str]) -> pd.DataFrame:
+    seeds = [int(x) for x in config.seeds.split(",") if x.strip()]
+    frames = []
+    for seed in seeds:
+        print(f"\n=== seed {seed} ===", flush=True)
+        df = main(argv + ["--seeds", "", "--seed", str(seed), "--out", os.path.join(config.out, f"seed_{seed}")])
+        frames.append(df.assign(seed=seed))
+    df = pd.concat(frames, ignore_index=True)
+    summary = summarize_seeds(df)
+    print(f"\nover seeds {seeds} (mean +- s.e.m.; vs_*: paired AUC difference at the same budget):")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if abs(v) < 0.1 else f"{v:.4f}"))
+    os.makedirs(config.out, exist_ok=True)
+    path = os.path.join(config.out, "seeds_summary.csv")
+    summary.to_csv(path, index=False)
+    df.to_csv(os.path.join(config.out, "seeds_results.csv"), index=False)
+    print(f"wrote {path}")
+    return df
+
+
 def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
+    argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
+    if config.seeds.strip():
+        return main_seeds(config, argv)
     torch.manual_seed(config.seed)
     os.makedirs(config.out, exist_ok=True)
     specs = parse_methods(config.methods, config.budgets)

@@ -64,3 +64,17 @@ def test_fiited_options_reach_the_collection(tmp_path, monkeypatch):
     assert config.utility.value == "freq" and config.position_exponent == 2 and config.prefix_dropout == 0.25
     with pytest.raises(ValueError, match="not NAME=VALUE"):
         criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--fiited-options", "utilty=freq"])
+
+
+def test_several_seeds_are_summarised(tmp_path):
+    df = criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full,hash,rowprune,fiited", "--budgets", "0.1",
+                                  "--seeds", "1,2"])
+    assert sorted(set(df["seed"])) == [1, 2] and len(df) == 8
+    summary = pd.read_csv(tmp_path / "seeds_summary.csv").set_index("method")
+    assert list(summary.index) == ["full", "hash@0.1", "rowprune@0.1", "fiited@0.1"]
+    fiited = df[df["method"] == "fiited@0.1"].set_index("seed")["auc"]
+    rowprune = df[df["method"] == "rowprune@0.1"].set_index("seed")["auc"]
+    assert summary.loc["fiited@0.1", "vs_rowprune_mean"] == pytest.approx((fiited - rowprune).mean())
+    assert summary.loc["fiited@0.1", "auc_mean"] == pytest.approx(fiited.mean())
+    assert pd.isna(summary.loc["full", "vs_rowprune_mean"]) and summary.loc["full", "seeds"] == 2
+    assert os.path.exists(tmp_path / "seed_1" / "results.csv") and os.path.exists(tmp_path / "seed_2" / "results.csv")
