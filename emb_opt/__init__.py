@@ -7,6 +7,16 @@
 """
 from emb_opt.config import FiitedConfig, OptimizerType, UtilityRule
 
+try:  # the TorchRec modules; without TorchRec (the GPU machines) the store, resize and kernels still import
+    from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+    from emb_opt.row_pruning import RowPruningEmbeddingBagCollection
+    from emb_opt.convert import convert  # after the submodule import, so `emb_opt.convert` is the function
+    _TORCHREC_MISSING = None
+except ImportError as _error:
+    if not (getattr(_error, "name", None) or "").startswith(("torchrec", "fbgemm")):
+        raise
+    _TORCHREC_MISSING = _error
+
 __all__ = [
     "FiitedConfig",
     "OptimizerType",
@@ -19,13 +29,8 @@ __all__ = [
     "plot_telemetry",
 ]
 
-# Imported when first asked for: the modules (TorchRec) and the report (pandas, matplotlib). So the store,
-# the resize step and the kernels (emb_opt.chunk_store, emb_opt.resize) import on a machine without TorchRec,
-# such as the GPU machines that run experiments/gpu_store_check.py.
+# Imported when first asked for: the report (pandas, matplotlib).
 _LAZY_EXPORTS = {
-    "FiitedEmbeddingBagCollection": "emb_opt.fiited_ebc",
-    "RowPruningEmbeddingBagCollection": "emb_opt.row_pruning",
-    "convert": "emb_opt.convert",
     "memory_report": "emb_opt.report",
     "plot_memory_report": "emb_opt.report_plots",
     "plot_telemetry": "emb_opt.report_plots",
@@ -39,6 +44,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in ("FiitedEmbeddingBagCollection", "RowPruningEmbeddingBagCollection", "convert") and _TORCHREC_MISSING:
+        raise ImportError(f"emb_opt.{name} needs TorchRec, which does not import here: {_TORCHREC_MISSING}")
     raise AttributeError(f"module 'emb_opt' has no attribute {name!r}")
 
 
