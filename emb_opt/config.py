@@ -1,9 +1,13 @@
 """Options of the FIITED embedding-dimension optimizer, and parsing of the optimizer names users pass.
 
 Every knob the design exposes is here with the reason for its default:
-* ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line).
+* ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line). Every
+  chunk pays ~24 bytes of index, utility and optimizer state (37% of a 16-float chunk, 19% of a 32-float one),
+  so finer chunks only pay off where rows really want different dimensions: on the synthetic Criteo data
+  c = 32 tied whole-row pruning at 5% of the bytes and c = 16 trailed it by 0.0010 AUC (README, over seeds).
 * ``optimizer``: fused sparse optimizer on the chunk pool -- "sgd", "adagrad", "rowwise_adagrad" (TorchRec's
-  and FBGEMM's default; here the accumulator is per chunk: one float per slot). TorchRec / FBGEMM spellings
+  and FBGEMM's default; one accumulator per row, in the slot of chunk 0, as EXACT_ROWWISE_ADAGRAD: a float is
+  allocated per slot, so chunks after the first carry 4 unused bytes). TorchRec / FBGEMM spellings
   (``EmbOptimType.EXACT_ROWWISE_ADAGRAD``, ``torchrec.optim.RowWiseAdagrad``, ``torch.optim.SGD``) are accepted.
 * ``utility``: how a chunk earns its place: "freq" (access count, as TorchRec ITEP prunes rows), "grad" (mean
   gradient norm per access), "freq_grad" (sum of per-access gradient norms = freq x mean grad norm, AdaEmbed's
