@@ -259,7 +259,8 @@ def main_seeds(config: Config, argv: List[str]) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     summary = summarize_seeds(df)
     print(f"\nover seeds {seeds} (mean +- s.e.m.; vs_*: paired AUC difference at the same budget):")
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:+.4f}" if abs(v) < 0.1 else f"{v:.4f}"))
+    signed = {c: (lambda v: f"{v:+.4f}") for c in summary.columns if c.startswith("vs_") and c.endswith("_mean")}
+    print(summary.to_string(index=False, formatters=signed, float_format=lambda v: f"{v:.4f}"))
     os.makedirs(config.out, exist_ok=True)
     path = os.path.join(config.out, "seeds_summary.csv")
     summary.to_csv(path, index=False)
