@@ -254,7 +254,7 @@ def main_seeds(config: Config, argv: List[str]) -> pd.DataFrame:
     frames = []
     for seed in seeds:
         print(f"\n=== seed {seed} ===", flush=True)
-        df = main(argv + ["--seeds", "", "--seed", str(seed), "--out", os.path.join(config.out, f"seed_{seed}")])
+        df = main(argv + ["--seeds", " ", "--seed", str(seed), "--out", os.path.join(config.out, f"seed_{seed}")])
         frames.append(df.assign(seed=seed))
     df = pd.concat(frames, ignore_index=True)
     summary = summarize_seeds(df)
@@ -317,7 +317,7 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     record.to_csv(csv, mode="a", header=not os.path.exists(csv), index=False)
     png = plot_auc_vs_bytes(df, os.path.join(config.out, "auc_vs_bytes.png"), f"DLRM on {data.description}")
     print(f"wrote {csv} and {png}")
-    if len(df) > 2 and not config.seeds:
+    if len(df) > 2 and config.seeds == "":  # (" ": one seed of a --seeds loop, which prints its own summary)
         print("note: one seed; AUC differences below ~0.001 are within the seed-to-seed spread on the synthetic data. "
               "--seeds 1,2,3 repeats the run and prints paired differences with standard errors.")
     return df
