@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import glob
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -249,12 +248,13 @@ def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main_seeds(config: Config, argv: List[str]) -> pd.DataFrame:
+def main_seeds(config: Config) -> pd.DataFrame:
     seeds = [int(x) for x in config.seeds.split(",") if x.strip()]
     frames = []
     for seed in seeds:
         print(f"\n=== seed {seed} ===", flush=True)
-        df = main(argv + ["--seeds", " ", "--seed", str(seed), "--out", os.path.join(config.out, f"seed_{seed}")])
+        one = dataclasses.replace(config, seed=seed, seeds="", out=os.path.join(config.out, f"seed_{seed}"))
+        df = compare_methods(one, noise_note=False)
         frames.append(df.assign(seed=seed))
     df = pd.concat(frames, ignore_index=True)
     summary = summarize_seeds(df)
@@ -270,10 +270,14 @@ def main_seeds(config: Config, argv: List[str]) -> pd.DataFrame:
 
 
 def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
-    argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
     if config.seeds.strip():
-        return main_seeds(config, argv)
+        return main_seeds(config)
+    return compare_methods(config, noise_note=True)
+
+
+def compare_methods(config: Config, noise_note: bool) -> pd.DataFrame:
+    """Train and evaluate every method of ``config`` on one seed; prints, saves and plots the table."""
     torch.manual_seed(config.seed)
     os.makedirs(config.out, exist_ok=True)
     specs = parse_methods(config.methods, config.budgets)
@@ -317,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     record.to_csv(csv, mode="a", header=not os.path.exists(csv), index=False)
     png = plot_auc_vs_bytes(df, os.path.join(config.out, "auc_vs_bytes.png"), f"DLRM on {data.description}")
     print(f"wrote {csv} and {png}")
-    if len(df) > 2 and config.seeds == "":  # (" ": one seed of a --seeds loop, which prints its own summary)
+    if noise_note and len(df) > 2:
         print("note: one seed; AUC differences below ~0.001 are within the seed-to-seed spread on the synthetic data. "
               "--seeds 1,2,3 repeats the run and prints paired differences with standard errors.")
     return df
