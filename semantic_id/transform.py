@@ -126,6 +126,13 @@ class SemanticIdTransform(nn.Module):
         if parameterization == "individual" and self.num_buckets < n_items:
             raise ValueError(f"'individual' needs num_buckets >= n_items ({n_items}), got {self.num_buckets}")
         self.tokens_per_id = 1 if self.plan is None else self.plan.num_tokens
+        self._token_args = None  # the plan as emb_opt::semantic_id_tokens arguments, fixed for this transform
+        if self.plan is not None:
+            H = self.num_buckets
+            _check_modulus(self.codebook_size, H)
+            offsets = [(int(o) + self.feature_offset) % H for o in self.plan.offsets]
+            self._token_args = (list(self.plan.starts), list(self.plan.lengths), offsets, self.plan.add,
+                                self.codebook_size, H)
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -210,14 +217,6 @@ class SemanticIdTransform(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ tokens
-    def _token_args(self) -> Tuple[List[int], List[int], List[int], int, int, int]:
-        """The plan as ``emb_opt::semantic_id_tokens`` arguments (token offsets + feature offset, mod H)."""
-        assert self.plan is not None
-        H = self.num_buckets
-        _check_modulus(self.codebook_size, H)
-        offsets = [(int(o) + self.feature_offset) % H for o in self.plan.offsets]
-        return list(self.plan.starts), list(self.plan.lengths), offsets, self.plan.add, self.codebook_size, H
-
     def _raise_bad_id(self, ids: torch.Tensor, bad: torch.Tensor, why: str) -> None:
         position = int(bad.nonzero()[0, 0])
         raise ValueError(f"SemanticIdTransform feature {self.feature!r}: id {int(ids[position])} at position "
@@ -239,7 +238,7 @@ class SemanticIdTransform(nn.Module):
         safe = torch.where(in_range, ids, torch.zeros_like(ids))
         code_tokens = None
         if self.plan is not None:  # one fused op (CPU / CUDA kernel): gather codes, Horner forms, mod H
-            code_tokens, _ = ops.semantic_id_tokens(ids, self.codes, *self._token_args())
+            code_tokens, _ = ops.semantic_id_tokens(ids, self.codes, *self._token_args)
             known = code_tokens[:, 0] >= 0
         else:
             known = in_range
