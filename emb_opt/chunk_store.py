@@ -23,13 +23,13 @@ Admission (``admit``, training forwards): a touched row whose next chunk positio
 all their chunks on first touch while the budget allows. When free slots run short, the rows with the highest candidate
 utility are served first (ties in a pseudo-random order, so no table or feature is favoured); the others get
 no (more) chunks and read as zeros (counted in ``denied_admissions``, warned once) until a resize frees room.
-New chunks get a deterministic pseudo-random init (a hash of key and step, uniform in +-init_scale of the
-table, TorchRec's default sqrt(1/rows)), zero optimizer state, and the row's candidate utility.
+New chunks get a deterministic pseudo-random init (``emb_opt.hashed_init``: a hash of table name, row and column,
+uniform in +-init_scale of the table, TorchRec's default sqrt(1/rows); a re-admitted chunk starts again from
+the same values), zero optimizer state, and the row's candidate utility.
 Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resize``.
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from typing import Dict, List, Tuple
 
@@ -37,21 +37,16 @@ import torch
 from torch import nn
 
 from cuda_ext import ops
-from cuda_ext.reference.vhpi import CHUNK_BITS, ROW_BITS, key_table
+from cuda_ext.reference.vhpi import MAX_CHUNKS, key_row, key_table
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
+from emb_opt.hashed_init import hashed_uniform, name_salt
 
 # counters[...] indices (an int64 buffer so that checkpoints carry them)
 STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS = range(8)
 COUNTER_NAMES = ["step", "high_water", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
                  "hash_rebuilds", "compactions"]  # fmt: skip
 _SKETCH_SEEDS = (101, 202)
-_INIT_SEED = 303
-
-
-def _name_salt(name: str) -> int:
-    """A stable 62-bit number from a table name (the same in every process and shard)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 2
 
 
 class VhpiChunkStore(nn.Module):
@@ -80,7 +75,7 @@ class VhpiChunkStore(nn.Module):
         self.register_buffer("table_rows", torch.tensor(table_rows, dtype=torch.int64, **kw))
         self.register_buffer("table_chunks", torch.tensor(table_chunks, dtype=torch.int32, **kw))
         self.register_buffer("init_scale", torch.tensor(init_scales, dtype=torch.float32, **kw))
-        self.register_buffer("table_salt", torch.tensor([_name_salt(n) for n in table_names], dtype=torch.int64, **kw))
+        self.register_buffer("table_salt", torch.tensor([name_salt(n) for n in table_names], dtype=torch.int64, **kw))
         self.register_buffer("pool_weights", torch.zeros(capacity, c, **kw))
         self.register_buffer("pool_state", torch.zeros(capacity, width, **kw))
         self.register_buffer("slot_keys", torch.full((capacity,), -1, dtype=torch.int64, **kw))
@@ -236,20 +231,13 @@ class VhpiChunkStore(nn.Module):
             self.rebuild_hash()
 
     def _init_chunks(self, keys: torch.Tensor) -> torch.Tensor:
-        """Deterministic uniform(-s, s) init of chunks with these keys ([n, c]); s = the table's init scale.
-
-        Seeded by (table name, row, chunk, step) -- not by the table's index in this store -- so a table gets
-        the same values whichever collection or shard holds it.
-        """
+        """Init values ``[n, c]`` of the chunks with these keys: ``emb_opt.hashed_init`` of (table name, row,
+        column, ``init_seed``) -- the same whichever chunk size, step, collection or shard."""
         c = self.config.chunk_size
         tables = key_table(keys)
-        local = keys & ((1 << (ROW_BITS + CHUNK_BITS)) - 1)  # row and chunk bits
-        seed = _INIT_SEED + 1_000_003 * self.config.init_seed
-        salted = ops.mix_hash(ops.mix_hash(local, 1 << 62, self.step + seed) ^ self.table_salt[tables], 1 << 40, seed)
-        bits = ops.mix_hash(salted.unsqueeze(1) * c + torch.arange(c, device=keys.device), 1 << 24, _INIT_SEED)
-        unit = bits.to(torch.float32) / float(1 << 24)
-        scale = self.init_scale[key_table(keys)].unsqueeze(1)
-        return (2.0 * unit - 1.0) * scale
+        columns = (keys & (MAX_CHUNKS - 1)).unsqueeze(1) * c + torch.arange(c, device=keys.device)
+        return hashed_uniform(self.table_salt[tables], key_row(keys), columns, self.init_scale[tables],
+                              self.config.init_seed)
 
     def write_chunks(self, slots: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, utility: torch.Tensor) -> None:
         self.slot_keys[slots] = keys

@@ -105,7 +105,7 @@ class FiitedConfig:
     threshold_mode: str = "global"
     position_exponent: float = 0.0
     prefix_dropout: float = 0.0
-    init_seed: int = 0  # seeds the deterministic chunk init (with table name, row, chunk and step)
+    init_seed: int = 0  # seeds the deterministic chunk init (emb_opt.hashed_init: with table name, row and column)
     max_load_factor: float = 0.5
     max_probe: int = 128
     sketch_fraction: float = 0.05

@@ -32,7 +32,7 @@ from experiments.data.synthetic_criteo import SyntheticCriteo, SyntheticCriteoCo
 from experiments.methods import (
     SID_KINDS, MethodSpec, SemanticIds, build_collection, collection_bytes, full_bytes, parse_methods,
 )
-from experiments.train import build_dlrm, evaluate, train
+from experiments.train import build_seeded_dlrm, evaluate, train
 
 
 @dataclass
@@ -187,8 +187,8 @@ def run_method(spec: MethodSpec, data: DataSource, eval_set: List[Batch], config
     if spec.kind in ("fiited", "fiited_sid"):
         fiited_options.update(parse_fiited_options(config.fiited_options))
     sid = data.semantic_ids() if spec.kind in SID_KINDS else None
-    collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, fiited_options, sid)
-    model = build_dlrm(collection, config.embedding_dim)
+    collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, fiited_options, sid, init_seed=config.seed)
+    model = build_seeded_dlrm(collection, config.embedding_dim, config.seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="FIITED store full")
         result = train(model, data.train_batches(), config.steps, config.dense_lr, desc=spec.name, progress=config.progress)
@@ -228,8 +228,9 @@ def plot_auc_vs_bytes(df: pd.DataFrame, path: str, title: str) -> str:
 
 
 def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method over seeds: mean AUC, its standard error, and the mean paired AUC difference (same seed, same
-    budget) to row pruning and to random hashing, with standard errors -- how "ahead" is told from noise."""
+    """Per method over seeds: mean AUC, its standard error, and the mean paired AUC difference (same seed) to
+    full tables and, at the same budget, to row pruning and to random hashing, with standard errors -- how
+    "ahead" or "within 0.001 of full" is told from noise."""
     def sem(values: pd.Series) -> float:
         return float(values.std(ddof=1) / len(values) ** 0.5) if len(values) > 1 else float("nan")
 
@@ -238,6 +239,10 @@ def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
     for method, group in df.groupby("method", sort=False):
         row = {"method": method, "seeds": len(group), "auc_mean": group["auc"].mean(), "auc_sem": sem(group["auc"])}
         b = budget[group.index[0]]
+        full = df[df["method"] == "full"].set_index("seed")["auc"]
+        if method != "full" and len(full):
+            diff = (group.set_index("seed")["auc"] - full).dropna()
+            row["vs_full_mean"], row["vs_full_sem"] = diff.mean(), sem(diff)
         for baseline in ("rowprune", "hash"):
             other = df[df["method"] == f"{baseline}@{b}"].set_index("seed")["auc"] if b else pd.Series(dtype=float)
             if b and not method.startswith(baseline + "@") and len(other):

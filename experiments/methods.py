@@ -29,6 +29,7 @@ from torchrec.optim import RowWiseAdagrad
 from emb_opt import FiitedEmbeddingBagCollection
 from emb_opt.budget import total_full_bytes
 from emb_opt.config import OptimizerType
+from emb_opt.hashed_init import hashed_dense_init
 from emb_opt.row_pruning import RowPruningEmbeddingBagCollection
 from hashing import HashedEmbeddingBagCollection
 from hashing.hashed_ebc import HashingTransform, hashed_table_configs
@@ -118,16 +119,49 @@ def sharded_collection_bytes(collection: nn.Module) -> int:
     return 0
 
 
+def hashed_init_dense_tables_(collection: nn.Module, seed: int) -> int:
+    """Give every dense table in ``collection`` (TorchRec ``EmbeddingBagCollection`` / ``FusedEmbeddingBagCollection``)
+    the init a FIITED store gives the same table (``emb_opt.hashed_init``), each with its own configured range.
+
+    Common random numbers: row r of table t starts from the same values in every method (a hashed table's row b
+    from those of row b), so paired AUC differences between methods are not differences of init luck.
+    Returns the number of tables initialised.
+    """
+    done = 0
+    for module in collection.modules():
+        if not isinstance(module, (EmbeddingBagCollection, FusedEmbeddingBagCollection)):
+            continue
+        params = dict(module.named_parameters())
+        for config in module.embedding_bag_configs():
+            low, high = config.get_weight_init_min(), config.get_weight_init_max()
+            if abs(low + high) > 1e-12:
+                continue  # an asymmetric range: keep TorchRec's own init
+            weight = params[f"embedding_bags.{config.name}.weight"]
+            with torch.no_grad():
+                weight.copy_(hashed_dense_init(config.name, config.num_embeddings, config.embedding_dim, high, seed))
+            done += 1
+    return done
+
+
 def build_collection(spec: MethodSpec, tables: List[EmbeddingBagConfig], learning_rate: float,
                      chunk_size: int, fiited_options: Dict[str, Any], sid: Optional[SemanticIds] = None,
-                     for_sharding: bool = False) -> nn.Module:
+                     for_sharding: bool = False, init_seed: Optional[int] = None) -> nn.Module:
     """The collection of ``spec``. ``for_sharding``: dense tables as plain ``EmbeddingBagCollection``s, which
-    DistributedModelParallel turns into fused TBEs (row-wise Adagrad through the sharder's fused params)."""
+    DistributedModelParallel turns into fused TBEs (row-wise Adagrad through the sharder's fused params).
+    ``init_seed``: every method's tables start from ``emb_opt.hashed_init`` with this seed (FIITED's chunks,
+    row pruning's rows and the dense tables alike); None keeps each method's own init."""
+    if init_seed is not None:
+        fiited_options = {"init_seed": init_seed, **fiited_options}
+
     def fused(configs: List[EmbeddingBagConfig]) -> nn.Module:
         if for_sharding:
-            return EmbeddingBagCollection(configs)
-        return FusedEmbeddingBagCollection(configs, optimizer_type=RowWiseAdagrad,
-                                           optimizer_kwargs={"lr": learning_rate, "eps": 1e-8})
+            collection = EmbeddingBagCollection(configs)
+        else:
+            collection = FusedEmbeddingBagCollection(configs, optimizer_type=RowWiseAdagrad,
+                                                     optimizer_kwargs={"lr": learning_rate, "eps": 1e-8})
+        if init_seed is not None:
+            hashed_init_dense_tables_(collection, init_seed)
+        return collection
 
     if spec.kind in SID_KINDS and sid is None:
         raise ValueError(f"method {spec.name} needs item content embeddings (semantic IDs), which this data lacks")

@@ -34,7 +34,7 @@ from experiments.methods import (
     SID_KINDS, MethodSpec, build_collection, full_bytes, sharded_collection_bytes,
 )
 from experiments.metrics import ctr_metrics
-from experiments.train import build_dlrm, train
+from experiments.train import build_seeded_dlrm, train
 
 
 def _free_port() -> int:
@@ -56,7 +56,7 @@ def _sharders(learning_rate: float) -> list:
 
 
 def _worker(rank: int, world: int, port: int, config, specs: List[MethodSpec], out_path: str) -> None:
-    from experiments.criteo_dlrm import DataSource  # the parent's module; imported here for the spawned process
+    from experiments.criteo_dlrm import DataSource, parse_fiited_options  # the parent's module; imported here for the spawned process
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     logging.getLogger("torchrec").setLevel(logging.ERROR)  # planner advice about GPU topologies, not for CPU runs
@@ -75,8 +75,11 @@ def _worker(rank: int, world: int, port: int, config, specs: List[MethodSpec], o
         tables = data.tables()
         sid = data.semantic_ids() if spec.kind in SID_KINDS else None
         options = dict(warmup_steps=config.warmup_steps, resize_interval=config.resize_interval)
-        model = build_dlrm(build_collection(spec, tables, config.emb_lr, config.chunk_size, options, sid,
-                                            for_sharding=True), config.embedding_dim)
+        if spec.kind in ("fiited", "fiited_sid"):
+            options.update(parse_fiited_options(config.fiited_options))
+        collection = build_collection(spec, tables, config.emb_lr, config.chunk_size, options, sid, for_sharding=True,
+                                      init_seed=config.seed)
+        model = build_seeded_dlrm(collection, config.embedding_dim, config.seed)
         names = [t.name for t in tables]
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device="cpu"),

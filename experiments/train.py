@@ -41,6 +41,17 @@ def build_dlrm(
     )
 
 
+def build_seeded_dlrm(embedding_collection: EmbeddingBagCollectionInterface, embedding_dim: int, seed: int) -> DLRM:
+    """``build_dlrm`` with the dense layers drawn from ``torch.manual_seed(seed)`` right before they are built.
+
+    Methods draw different amounts of randomness for their tables (TorchRec's dense tables draw from the global
+    generator, FIITED's chunks are hashed), so without the reseed each method got different dense layers -- a
+    noise of ~0.0007 AUC between methods on the synthetic data that a paired comparison should not carry.
+    """
+    torch.manual_seed(seed)
+    return build_dlrm(embedding_collection, embedding_dim)
+
+
 def dense_parameters(model: nn.Module) -> List[nn.Parameter]:
     """Parameters the dense optimizer should update: all but those updated in backward -- parameters of
     fused-optimizer modules and, under DistributedModelParallel, those carrying ``_in_backward_optimizers``."""

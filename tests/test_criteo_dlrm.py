@@ -76,5 +76,8 @@ def test_several_seeds_are_summarised(tmp_path):
     rowprune = df[df["method"] == "rowprune@0.1"].set_index("seed")["auc"]
     assert summary.loc["fiited@0.1", "vs_rowprune_mean"] == pytest.approx((fiited - rowprune).mean())
     assert summary.loc["fiited@0.1", "auc_mean"] == pytest.approx(fiited.mean())
+    full = df[df["method"] == "full"].set_index("seed")["auc"]
+    assert summary.loc["fiited@0.1", "vs_full_mean"] == pytest.approx((fiited - full).mean())
+    assert pd.isna(summary.loc["full", "vs_full_mean"])
     assert pd.isna(summary.loc["full", "vs_rowprune_mean"]) and summary.loc["full", "seeds"] == 2
     assert os.path.exists(tmp_path / "seed_1" / "results.csv") and os.path.exists(tmp_path / "seed_2" / "results.csv")
