@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import List, Sequence, Union
 
 from emb_opt.config import FiitedConfig, OptimizerType
+from emb_opt.hashed_init import MAX_COLUMNS
 
 FLOAT_BYTES = 4
 KEY_BYTES = 8
@@ -108,6 +109,8 @@ def chunk_counts(dims: List[int], chunk_size: int, names: List[str]) -> List[int
     for name, d in zip(names, dims):
         if d % chunk_size != 0:
             raise ValueError(f"table {name!r}: embedding_dim {d} is not divisible by chunk_size {chunk_size}")
+        if d >= MAX_COLUMNS:
+            raise ValueError(f"table {name!r}: embedding_dim {d} is too large; at most {MAX_COLUMNS - 1} is supported")
         if d // chunk_size > 64:
             raise ValueError(f"table {name!r}: {d // chunk_size} chunks per row exceed the maximum of 64; raise chunk_size")
         out.append(d // chunk_size)

@@ -40,7 +40,7 @@ from cuda_ext import ops
 from cuda_ext.reference.vhpi import MAX_CHUNKS, key_row, key_table
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
-from emb_opt.hashed_init import hashed_uniform, name_salt
+from emb_opt.hashed_init import hashed_values, name_salt
 
 # counters[...] indices (an int64 buffer so that checkpoints carry them)
 STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS = range(8)
@@ -236,8 +236,8 @@ class VhpiChunkStore(nn.Module):
         c = self.config.chunk_size
         tables = key_table(keys)
         columns = (keys & (MAX_CHUNKS - 1)).unsqueeze(1) * c + torch.arange(c, device=keys.device)
-        return hashed_uniform(self.table_salt[tables], key_row(keys), columns, self.init_scale[tables],
-                              self.config.init_seed)
+        return hashed_values(self.table_salt[tables], key_row(keys), columns, self.init_scale[tables],
+                             self.config.init_seed)
 
     def write_chunks(self, slots: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, utility: torch.Tensor) -> None:
         self.slot_keys[slots] = keys

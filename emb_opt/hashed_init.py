@@ -41,6 +41,13 @@ def hashed_uniform(salt: Union[int, torch.Tensor], rows: torch.Tensor, columns: 
     """
     if columns.numel() and int(columns.max()) >= MAX_COLUMNS:
         raise ValueError(f"hashed init supports embedding dims below {MAX_COLUMNS}, got column {int(columns.max())}")
+    return hashed_values(salt, rows, columns, scale, seed)
+
+
+def hashed_values(salt: Union[int, torch.Tensor], rows: torch.Tensor, columns: torch.Tensor,
+                  scale: Union[float, torch.Tensor], seed: int = 0) -> torch.Tensor:
+    """``hashed_uniform`` without the column-range check, for callers that validated their dims once (the
+    chunk store, whose tables were checked at construction): no device sync on the admission path."""
     rows = rows.to(torch.int64)
     mixed_seed = _INIT_SALT + 1_000_003 * int(seed)
     salt = torch.as_tensor(salt, dtype=torch.int64, device=rows.device)

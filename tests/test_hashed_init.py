@@ -91,3 +91,11 @@ def test_every_method_of_the_comparison_starts_from_the_same_embeddings():
             assert int(held.sum()) >= 16
             dense = params[f"embedding_bags.{t.name}.weight"].detach()
             torch.testing.assert_close(stored[held], dense[held], rtol=0, atol=0)
+
+
+def test_a_table_too_wide_for_the_init_key_is_refused_at_construction():
+    from torchrec import EmbeddingBagConfig
+
+    wide = [EmbeddingBagConfig(name="wide", embedding_dim=1 << 20, num_embeddings=4, feature_names=["f"])]
+    with pytest.raises(ValueError, match="table 'wide': embedding_dim 1048576 is too large"):
+        emb_opt.FiitedEmbeddingBagCollection(wide, 10**9, chunk_size=1 << 15)
