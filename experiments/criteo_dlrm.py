@@ -51,6 +51,7 @@ class Config:
     embedding_dim: int = 64
     chunk_size: int = 16
     fiited_options: str = ""  # extra FiitedConfig fields for fiited / fiited_sid, e.g. "utility=freq,position_exponent=2"
+    data_options: str = ""  # synthetic data: SyntheticCriteoConfig fields, e.g. "latent_dim=32,zipf_exponent=1.3"
     emb_lr: float = 0.05
     dense_lr: float = 1e-3
     warmup_steps: int = 60
@@ -104,9 +105,12 @@ class DataSource:
             self.cardinalities = CriteoTsvReader(files, 1, **self.reader_kwargs).num_embeddings_per_feature()
             self.description = f"Criteo files {', '.join(os.path.basename(f) for f in files)} (id mod {config.row_budget - 1})"
         else:
-            self.synthetic = SyntheticCriteo(SyntheticCriteoConfig(cardinality_scale=config.cardinality_scale, seed=config.seed))
+            options = parse_data_options(config.data_options)
+            self.synthetic = SyntheticCriteo(SyntheticCriteoConfig(cardinality_scale=config.cardinality_scale,
+                                                                   seed=config.seed, **options))
             self.cardinalities = self.synthetic.cardinalities
-            self.description = (f"synthetic Criteo-shaped data (cardinality scale {config.cardinality_scale}, "
+            extra = "".join(f", {k}={v}" for k, v in options.items())
+            self.description = (f"synthetic Criteo-shaped data (cardinality scale {config.cardinality_scale}{extra}, "
                                 f"{sum(self.cardinalities):,} rows in 26 tables)")
 
     def train_batches(self) -> Iterator[Batch]:
@@ -156,17 +160,14 @@ class DataSource:
                 for n, rows in zip(CAT_NAMES, self.cardinalities)]
 
 
-def parse_fiited_options(text: str) -> Dict[str, object]:
-    """``"utility=freq,position_exponent=2"`` -> FiitedConfig overrides (numbers parsed; unknown names raise)."""
-    from emb_opt.config import FiitedConfig
-
+def parse_options(text: str, fields: Dict[str, object], flag: str) -> Dict[str, object]:
+    """``"a=1,b=freq"`` -> {name: value} for dataclass ``fields`` (numbers parsed; unknown names raise, naming ``flag``)."""
     options: Dict[str, object] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in FiitedConfig.__dataclass_fields__:
-            raise ValueError(f"--fiited-options: {item!r} is not NAME=VALUE with NAME a FiitedConfig field "
-                             f"({', '.join(sorted(FiitedConfig.__dataclass_fields__))})")
+        if not sep or name not in fields:
+            raise ValueError(f"{flag}: {item!r} is not NAME=VALUE with NAME one of ({', '.join(sorted(fields))})")
         value = value.strip()
         for cast in (int, float):
             try:
@@ -177,6 +178,21 @@ def parse_fiited_options(text: str) -> Dict[str, object]:
         else:
             options[name] = {"true": True, "false": False}.get(value.lower(), value)
     return options
+
+
+def parse_fiited_options(text: str) -> Dict[str, object]:
+    """``"utility=freq,position_exponent=2"`` -> FiitedConfig overrides."""
+    from emb_opt.config import FiitedConfig
+
+    return parse_options(text, FiitedConfig.__dataclass_fields__, "--fiited-options")
+
+
+def parse_data_options(text: str) -> Dict[str, object]:
+    """``"latent_dim=32,zipf_exponent=1.3"`` -> SyntheticCriteoConfig overrides (a float where the field is one)."""
+    own_flags = ("seed", "cardinalities", "cardinality_scale")  # set by --seed(s) and --cardinality-scale
+    fields = {k: f for k, f in SyntheticCriteoConfig.__dataclass_fields__.items() if k not in own_flags}
+    options = parse_options(text, fields, "--data-options")
+    return {k: float(v) if isinstance(v, int) and fields[k].type in (float, "float") else v for k, v in options.items()}
 
 
 # ---- one method ---------------------------------------------------------------------------------------
@@ -287,6 +303,8 @@ def compare_methods(config: Config, noise_note: bool) -> pd.DataFrame:
     os.makedirs(config.out, exist_ok=True)
     specs = parse_methods(config.methods, config.budgets)
     parse_fiited_options(config.fiited_options)  # a typo fails now, not after the first methods trained
+    if config.data_dir and config.data_options:
+        raise ValueError("--data-options configures the synthetic generator; it does not apply with --data-dir")
     data = DataSource(config)
     if config.data_dir and any(s.kind in SID_KINDS for s in specs):
         print("note: real Criteo files carry no item content, so the semantic-ID methods are skipped")

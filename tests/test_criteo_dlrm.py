@@ -66,6 +66,29 @@ def test_fiited_options_reach_the_collection(tmp_path, monkeypatch):
         criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--fiited-options", "utilty=freq"])
 
 
+def test_data_options_reach_the_generator(tmp_path, monkeypatch):
+    from experiments.data import synthetic_criteo
+
+    seen = []
+    original = synthetic_criteo.SyntheticCriteo.__init__
+
+    def spy(self, config=None):
+        original(self, config)
+        seen.append(self.config)
+
+    monkeypatch.setattr(synthetic_criteo.SyntheticCriteo, "__init__", spy)
+    criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full",
+                             "--data-options", "latent_dim=4, zipf_exponent=1,interaction_scale=0.9"])
+    (config,) = seen
+    assert (config.latent_dim, config.zipf_exponent, config.interaction_scale) == (4, 1.0, 0.9)
+    assert isinstance(config.zipf_exponent, float)
+    with pytest.raises(ValueError, match="--data-options: 'seed=3' is not NAME=VALUE"):
+        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--data-options", "seed=3"])
+    with pytest.raises(ValueError, match="does not apply with --data-dir"):
+        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--data-options", "latent_dim=4",
+                                 "--data-dir", str(tmp_path)])
+
+
 def test_several_seeds_are_summarised(tmp_path):
     df = criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full,hash,rowprune,fiited", "--budgets", "0.1",
                                   "--seeds", "1,2"])
