@@ -12,6 +12,7 @@ refers to, so "5%" means 5% of what TorchRec's fused table with the same optimiz
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import List, Sequence, Union
 
@@ -65,6 +66,10 @@ def resolve_budget(memory_budget: Union[int, float], full_bytes: int) -> int:
     """A budget in bytes (int >= 1) or as a fraction of the full tables' bytes (float in (0, 1])."""
     if isinstance(memory_budget, bool):
         raise TypeError("memory_budget must be a byte count (int) or a fraction of the full tables (float)")
+    if isinstance(memory_budget, numbers.Integral):  # int, numpy integers
+        memory_budget = int(memory_budget)
+    elif isinstance(memory_budget, numbers.Real):  # float, numpy floats
+        memory_budget = float(memory_budget)
     if isinstance(memory_budget, float):
         if not 0 < memory_budget <= 1:
             raise ValueError(f"memory_budget as a fraction must be in (0, 1], got {memory_budget}")

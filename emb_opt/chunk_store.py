@@ -68,6 +68,7 @@ class VhpiChunkStore(nn.Module):
         self.table_names = list(table_names)
         self.max_chunks = max(table_chunks)
         self._warned_full = False
+        self._refuse_next_load = False  # set by the owning collection when it refuses a checkpoint
         c = config.chunk_size
         width = config.optimizer.state_width(c)
         capacity = min(plan.max_slots, config.initial_capacity)
@@ -85,6 +86,15 @@ class VhpiChunkStore(nn.Module):
         self.register_buffer("sketch", torch.zeros(SKETCH_DEPTH, plan.sketch_width, **kw))
         self.register_buffer("thresholds", torch.zeros(self.max_chunks, **kw))
         self.register_buffer("counters", torch.zeros(len(COUNTER_NAMES), dtype=torch.int64, **kw))
+
+    def _apply(self, fn, recurse=True):
+        """Device moves apply; dtype casts (``.half()``, ``.double()``, ``.to(torch.bfloat16)``) do not: the pool,
+        optimizer state and utilities stay float32 (the kernels' type and the budget's accounting), so casting a
+        model neither rounds trained chunks nor changes its memory. The collection casts its output instead."""
+        probe = fn(torch.zeros(0, device=self.pool_weights.device))
+        if probe.dtype == torch.float32:
+            return super()._apply(fn, recurse)
+        return super()._apply(lambda t: t.to(device=probe.device), recurse)
 
     # ---- sizes ------------------------------------------------------------------------------------
     @property
@@ -301,16 +311,45 @@ class VhpiChunkStore(nn.Module):
         return slots
 
     # ---- checkpoints ---------------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # the pool's size changes during training: adopt the checkpoint's sizes before the copy
+    def checkpoint_problems(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> List[str]:
+        """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into this store, if they
+        cannot: other tables, chunk size or optimizer, or more slots / another sketch than this budget has."""
+        def entry(name: str):
+            return state_dict.get(prefix + name)
+
         for name in ("table_rows", "table_chunks"):
-            key = prefix + name
-            if key in state_dict and not torch.equal(state_dict[key].to(getattr(self, name).device), getattr(self, name)):
-                error_msgs.append(
-                    f"{key}: checkpoint tables {state_dict[key].tolist()} differ from this module's "
-                    f"{getattr(self, name).tolist()} (tables {self.table_names})"
-                )
-                return
+            value = entry(name)
+            if value is not None and not torch.equal(value.to(getattr(self, name).device), getattr(self, name)):
+                return [f"{prefix}{name}: checkpoint tables {value.tolist()} differ from this module's "
+                        f"{getattr(self, name).tolist()} (tables {self.table_names})"]
+        problems = []
+        c, width = self.config.chunk_size, self.config.optimizer.state_width(self.config.chunk_size)
+        weights, state, keys, sketch = entry("pool_weights"), entry("pool_state"), entry("slot_keys"), entry("sketch")
+        if weights is not None and (weights.dim() != 2 or weights.shape[1] != c):
+            problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(weights.shape)[1:]} do not match "
+                            f"this module's chunk_size {c}")
+        if state is not None and (state.dim() != 2 or state.shape[1] != width):
+            problems.append(f"{prefix}pool_state: checkpoint optimizer state has {tuple(state.shape)[1:]} floats per chunk; "
+                            f"this module's optimizer {self.config.optimizer.value!r} keeps {width} -- build it with "
+                            "the checkpoint's optimizer")
+        if keys is not None and keys.numel() > self.plan.max_slots:
+            problems.append(f"{prefix}slot_keys: the checkpoint holds {keys.numel()} chunk slots, more than this "
+                            f"module's memory budget ({self.plan.budget_bytes} bytes) allows ({self.plan.max_slots}) -- "
+                            "build it with the checkpoint's memory_budget")
+        if sketch is not None and tuple(sketch.shape) != tuple(self.sketch.shape):
+            problems.append(f"{prefix}sketch: the checkpoint's utility sketch is {tuple(sketch.shape)}, this module's "
+                            f"{tuple(self.sketch.shape)}: it was saved under another memory_budget (this one: "
+                            f"{self.plan.budget_bytes} bytes) or sketch_fraction")
+        return problems
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # nothing is changed unless the whole checkpoint fits (a refused load leaves the training state intact)
+        problems = self.checkpoint_problems(state_dict, prefix)
+        refused, self._refuse_next_load = self._refuse_next_load, False
+        if problems or refused:
+            error_msgs.extend(problems)
+            return
+        # the pool's size changes during training: adopt the checkpoint's sizes before the copy
         for name, buffer in list(self._buffers.items()):
             key = prefix + name
             if key in state_dict and buffer is not None and state_dict[key].shape != buffer.shape:

@@ -4,13 +4,16 @@
 
 * ``memory_budget`` as a fraction applies to each collection; as bytes it is split between collections in
   proportion to their full-table bytes.
-* ``copy_weights=True`` imports the existing weights (by chunk magnitude when the budget cannot hold them
-  all; see ``emb_opt.dense_import``); the dense tables are then dropped, so the model's memory really shrinks.
+* ``copy_weights=True`` imports the existing weights (by chunk magnitude relative to each table's mean when the
+  budget cannot hold them all; see ``emb_opt.dense_import``); the dense tables are then dropped, so the model's
+  memory really shrinks. That is for trained weights: a freshly initialised model is better converted with
+  ``copy_weights=False`` (its random rows would fill the store until the first resize prunes them).
 * Build the dense optimizer after converting: the collections' parameters are gone (FIITED's optimizer is
   fused into its backward, configured by ``optimizer`` / ``learning_rate``).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, List, Tuple, Union
 
 from torch import nn
@@ -46,7 +49,7 @@ def convert(model: nn.Module, memory_budget: Union[int, float], copy_weights: bo
     ]
     for (parent, name, ebc), full in zip(found, fulls):
         budget: Union[int, float] = memory_budget
-        if isinstance(memory_budget, int) and not isinstance(memory_budget, bool):
+        if isinstance(memory_budget, numbers.Integral) and not isinstance(memory_budget, bool):
             budget = max(1, int(memory_budget * full / sum(fulls)))
         fiited = FiitedEmbeddingBagCollection(
             ebc.embedding_bag_configs(), budget, device=ebc.device, is_weighted=ebc.is_weighted(), **options

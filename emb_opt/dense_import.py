@@ -1,7 +1,9 @@
 """Seed a FIITED store from dense tables (what ``emb_opt.convert`` does with a trained model's weights).
 
-Without utilities measured yet, chunk magnitude is the prior: every chunk of every row is ranked by its L2
-norm, made prefix-monotone along the row (``min`` over chunks 0..k), and the top ``(1 - reserve_fraction)``
+Without utilities measured yet, chunk magnitude is the prior: every chunk of every row is scored by its L2
+norm relative to the mean chunk norm of its table (tables are initialised at different scales -- TorchRec's
+default is ``sqrt(1/rows)`` -- so raw norms would hand the whole budget to the smallest tables), made
+prefix-monotone along the row (``min`` over chunks 0..k), and the top ``(1 - reserve_fraction)``
 share of the slot budget is imported with zero optimizer state and zero utility -- so chunks that training
 then never touches are the first a resize prunes. With a budget that holds everything, the import is exact.
 """
@@ -39,7 +41,8 @@ def import_dense_weights(collection: "FiitedEmbeddingBagCollection", weights: Di
         keys = (pack_row_key(torch.full_like(rows, t), rows).unsqueeze(1) + torch.arange(chunks.shape[1])).reshape(-1)
         all_keys.append(keys)
         all_chunks.append(chunks.reshape(-1, c))
-        all_scores.append(chunks.norm(dim=2).reshape(-1))
+        norms = chunks.norm(dim=2).reshape(-1)
+        all_scores.append(norms / norms.mean().clamp(min=torch.finfo(torch.float32).tiny))
     keys = torch.cat(all_keys)
     chunks = torch.cat(all_chunks)
     score = effective_utility(keys, torch.cat(all_scores), store.max_chunks)  # keys are sorted already

@@ -100,6 +100,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             cols.append(cols[-1] + d)
         self.register_buffer("_feature_table", torch.tensor(feature_table, dtype=torch.int32, device=self._device), persistent=False)
         self.register_buffer("_feature_cols", torch.tensor(cols, dtype=torch.int64, device=self._device), persistent=False)
+        # follows .half() / .double() / .to(dtype) of the model (the store stays float32): the output's dtype
+        self.register_buffer("_output_dtype", torch.zeros(0, device=self._device), persistent=False)
         self._out_dim = sum(self._feature_dims)
         self._anchor = torch.zeros(0, requires_grad=True, device=self._device)
         self._pending_backward = 0
@@ -113,6 +115,13 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 raise ValueError(f"table {table.name!r}: FIITED initialises chunks symmetrically; got [{low}, {high}]")
             return float(high)
         return float((1.0 / table.num_embeddings) ** 0.5)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)  # the store keeps float32 under dtype casts (VhpiChunkStore._apply)
+        self._device = self.store.pool_weights.device
+        if self._anchor.device != self._device:
+            self._anchor = torch.zeros(0, requires_grad=True, device=self._device)
+        return self
 
     # ---- EmbeddingBagCollectionInterface --------------------------------------------------------------
     def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
@@ -148,6 +157,16 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             f"is out of range [0, {table.num_embeddings})"
         )
 
+    def _raise_length_mismatch(self, offsets: torch.Tensor, num_values: int, batch_size: int) -> None:
+        total = int(offsets[-1])
+        if total < num_values:
+            raise ValueError(f"the KeyedJaggedTensor holds {num_values} ids but its lengths add up to {total}: "
+                             f"{num_values - total} id(s) belong to no bag")
+        ends = offsets[batch_size::batch_size]  # end offset of each feature
+        feature = int((ends > num_values).nonzero()[0])
+        raise ValueError(f"feature {self._feature_names[feature]!r}: the KeyedJaggedTensor's lengths add up to "
+                         f"{int(ends[feature])} ids by the end of this feature, but it holds only {num_values}")
+
     def _plan(self, features: KeyedJaggedTensor) -> BatchPlan:
         if features.variable_stride_per_key():
             raise ValueError("FiitedEmbeddingBagCollection does not take variable batch sizes per feature (VBE)")
@@ -159,6 +178,9 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         offsets = kjt.offsets().to(torch.int64)
         if offsets.numel() != len(self._feature_names) * batch_size + 1:
             raise ValueError(f"KJT offsets have {offsets.numel()} entries; expected features x batch + 1")
+        total = int(offsets[-1])
+        if total != values.numel():
+            self._raise_length_mismatch(offsets, values.numel(), batch_size)
         weights = None
         if self._is_weighted:
             weights = kjt.weights_or_none()
@@ -188,6 +210,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             out = ChunkBagLookup.apply(self._anchor, plan.weights, self, plan)
         else:
             out = self._pool(plan)
+        if out.dtype != self._output_dtype.dtype:
+            out = out.to(self._output_dtype.dtype)
         return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=out)
 
     def _drop_chunk_suffixes(self, plan: BatchPlan) -> None:
@@ -298,6 +322,21 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             "max_slots": self.store.plan.max_slots,
             "telemetry": self.telemetry,
         }
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # the checkpoint's self-description names what differs (optimizer, chunk size, budget) before the store's
+        # own shape checks; a mismatch refuses the whole load, so the module keeps its training state
+        saved = state_dict.get(prefix + "_extra_state")
+        if isinstance(saved, dict) and saved.get("kind") == self.get_extra_state()["kind"]:
+            mine = {"optimizer": self.config.optimizer.value, "chunk_size": self.config.chunk_size,
+                    "budget_bytes": self.budget_bytes}
+            differ = [f"{k} {saved[k]!r} (this module: {v!r})" for k, v in mine.items() if k in saved and saved[k] != v]
+            if differ:
+                error_msgs.append(f"{prefix or 'FIITED collection '}checkpoint was saved with {', '.join(differ)}; "
+                                  "build the module with the checkpoint's settings to load it")
+                self.store._refuse_next_load = True
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.telemetry = list(state.get("telemetry", []))

@@ -384,12 +384,19 @@ which UNPICKLES the file and can run arbitrary code: only open checkpoints you t
 needs its classes importable (run from the project root)."""
 
 
+def _optimizer_argument(text: str) -> str:
+    try:
+        return parse_optimizer(text).value
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emb_opt.report", description=_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by torch.save (see above)")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: the checkpoint's folder)")
-    p.add_argument("--optimizer", default="rowwise_adagrad",
+    p.add_argument("--optimizer", default="rowwise_adagrad", type=_optimizer_argument,
                    help="optimizer state assumed for dense/hashed tables: rowwise_adagrad (default), adagrad, sgd")
     return p
 

@@ -31,8 +31,10 @@ def check_ids(ids: torch.Tensor, what: str = "ids") -> None:
 
 def random_hash(ids: torch.Tensor, num_buckets: int, seed: int = 0, method: str = "mix") -> torch.Tensor:
     """Hash ``ids`` (int32/int64, >= 0, any shape) into ``[0, num_buckets)``; returns int64, same shape."""
-    if int(num_buckets) < 1:
-        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    if not 1 <= int(num_buckets) < 2**63:
+        raise ValueError(f"num_buckets must be in [1, 2^63), got {num_buckets}")
+    if not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed must fit in int64, got {seed}")
     check_ids(ids)
     if method == "mix":
         return ops.mix_hash(ids, int(num_buckets), int(seed))

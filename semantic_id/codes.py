@@ -44,7 +44,10 @@ def fit_quantizer(content_emb: torch.Tensor, levels: int, codebook_size: int, me
     """Fit an ``RQVAE`` or ``RQKMeans`` on ``content_emb [n, D]``; extra kwargs go to its constructor or ``fit``."""
     if method not in QUANTIZERS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(QUANTIZERS)}")
-    if not isinstance(content_emb, torch.Tensor) or content_emb.dim() != 2 or content_emb.shape[0] == 0:
+    if not isinstance(content_emb, torch.Tensor):
+        raise TypeError(f"content_emb must be a torch.Tensor [n, D], got {type(content_emb).__name__} "
+                        "(for a numpy array use torch.from_numpy(array))")
+    if content_emb.dim() != 2 or content_emb.shape[0] == 0:
         raise ValueError(f"content_emb must be a non-empty [n, D] tensor, got {getattr(content_emb, 'shape', None)}")
     if not torch.isfinite(content_emb).all():
         raise ValueError("content_emb has NaN/inf values")

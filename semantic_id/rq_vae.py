@@ -161,10 +161,10 @@ class RQVAE(nn.Module):
             if kmeans_init:
                 self._kmeans_init(x_std, generator, init_sample)
             optimizer = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
-            bar = tqdm(range(epochs), desc=f"rq-vae L={self.levels} K={self.codebook_size}", disable=not progress,
+            bar = tqdm(total=epochs, desc=f"rq-vae L={self.levels} K={self.codebook_size}", disable=not progress,
                        leave=False)
             self.train()
-            for epoch in bar:
+            for epoch in range(epochs):
                 order = torch.randperm(n, generator=generator).to(x_std.device)
                 counts = torch.zeros(self.levels, self.codebook_size, dtype=torch.int64, device=x_std.device)
                 sums = {"loss": 0.0, "recon": 0.0, "vq": 0.0}
@@ -191,7 +191,9 @@ class RQVAE(nn.Module):
                 record.update({f"usage_l{level}": float(usage[level]) for level in range(self.levels)})
                 self.history.append(record)
                 bar.set_postfix(recon=f"{record['recon_mse']:.4f}",
-                                usage="/".join(f"{float(u):.2f}" for u in usage))
+                                usage="/".join(f"{float(u):.2f}" for u in usage), refresh=False)
+                bar.update(1)
+            bar.close()
             self.eval()
         with torch.no_grad():
             self.fitted.fill_(True)

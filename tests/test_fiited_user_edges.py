@@ -1,0 +1,177 @@
+"""What a user runs into around the FIITED module: refused checkpoints that leave the module intact, model-wide
+dtype casts, convert() on tables of different sizes, malformed KJT lengths, numpy budgets, and the small
+helpers' argument errors. Each case was found by driving the public API as a user would."""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
+
+import emb_opt
+from emb_opt.convert import convert
+from tests.fiited_helpers import random_kjt, small_tables
+
+
+def trained(**options) -> emb_opt.FiitedEmbeddingBagCollection:
+    m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for step in range(3):
+            m(random_kjt(step)).values().pow(2).sum().backward()
+    return m
+
+
+def store_tensors(m):
+    return {k: v.clone() for k, v in m.store.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "saved, target, match",
+    [
+        (dict(optimizer="rowwise_adagrad"), dict(optimizer="adagrad"), r"optimizer 'rowwise_adagrad' \(this module: 'adagrad'\)"),
+        (dict(optimizer="rowwise_adagrad"), dict(optimizer="sgd"), r"optimizer 'rowwise_adagrad' \(this module: 'sgd'\)"),
+        (dict(memory_budget=20000), dict(memory_budget=8000), r"budget_bytes 20000 \(this module: 8000\)"),
+    ],
+)
+def test_checkpoint_of_other_settings_is_refused_and_the_module_keeps_its_state(saved, target, match):
+    options = dict(memory_budget=20000, chunk_size=4)
+    source = trained(**{**options, **saved})
+    module = trained(**{**options, **target})
+    before = store_tensors(module)
+    with pytest.raises(RuntimeError, match=match):
+        module.load_state_dict(source.state_dict())
+    after = store_tensors(module)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    module(random_kjt(9)).values().sum().backward()  # still trains
+
+
+def test_store_checks_name_the_problem_without_the_collection_header():
+    # a checkpoint without the collection's self-description (e.g. a hand-made one) is checked by the store
+    source = trained(memory_budget=20000, chunk_size=4)
+    module = trained(memory_budget=8000, chunk_size=4)
+    checkpoint = {k: v for k, v in source.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(RuntimeError, match=r"store.sketch: the checkpoint's utility sketch is \(2, \d+\)"):
+        module.load_state_dict(checkpoint, strict=False)
+    source = trained(memory_budget=20000, chunk_size=4, optimizer="adagrad")
+    module = trained(memory_budget=20000, chunk_size=4)
+    checkpoint = {k: v for k, v in source.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(RuntimeError, match=r"store.pool_state: .* optimizer 'rowwise_adagrad' keeps 1"):
+        module.load_state_dict(checkpoint, strict=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_model_dtype_casts_keep_the_store_float32_and_cast_the_output(dtype):
+    m = trained(memory_budget=20000, chunk_size=4)
+    pool = m.store.pool_weights.clone()
+    m.to(dtype)
+    assert m.store.pool_weights.dtype == torch.float32 and torch.equal(m.store.pool_weights, pool)
+    assert m.memory_bytes() <= m.budget_bytes
+    m.eval()
+    out = m(random_kjt(4)).values()
+    assert out.dtype == dtype
+    m.float()
+    torch.testing.assert_close(out.float(), m(random_kjt(4)).values(), atol=1e-2, rtol=1e-2)
+
+
+def test_dlrm_in_double_precision_trains():
+    torch.manual_seed(0)
+    tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=8, num_embeddings=50, feature_names=[f"f{i}"]) for i in range(2)]
+    fiited = emb_opt.FiitedEmbeddingBagCollection(tables, 0.5, chunk_size=4, warmup_steps=10**6)
+    model = DLRM(embedding_bag_collection=fiited, dense_in_features=3, dense_arch_layer_sizes=[4, 8],
+                 over_arch_layer_sizes=[4, 1]).double()
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1"], values=torch.tensor([5, 10, 3, 9, 1]), lengths=torch.tensor([2, 0, 1, 2]))
+    pool_before = None
+    for _ in range(2):
+        logits = model(torch.randn(2, 3, dtype=torch.float64), kjt)
+        assert logits.dtype == torch.float64
+        logits.sum().backward()
+        pool_before = fiited.store.pool_weights.clone() if pool_before is None else pool_before
+    assert not torch.equal(pool_before, fiited.store.pool_weights)  # the fused optimizer stepped in float32
+
+
+def test_convert_shares_the_budget_across_tables_of_different_sizes():
+    torch.manual_seed(0)
+    tables = [EmbeddingBagConfig(name="small", embedding_dim=16, num_embeddings=500, feature_names=["s"]),
+              EmbeddingBagConfig(name="big", embedding_dim=16, num_embeddings=20000, feature_names=["b"])]
+    model = torch.nn.Sequential()
+    model.add_module("ebc", EmbeddingBagCollection(tables))  # TorchRec's init: scale sqrt(1/rows) per table
+    convert(model, 0.05, chunk_size=8)
+    report = emb_opt.memory_report(model).set_index("table")
+    small, big = int(report.loc["small", "live_rows"]), int(report.loc["big", "live_rows"])
+    # ranked by raw norm the small table (init scale 6x larger) took every row and the big one ~1%
+    assert 0 < small < 500 and big > 10 * small
+    assert big / 20000 > 0.5 * small / 500
+
+
+@pytest.mark.parametrize(
+    "values, lengths, match",
+    [
+        ([1, 2, 3, 4, 5, 6, 7], [1, 1, 1, 1, 1, 1], r"holds 7 ids but its lengths add up to 6: 1 id\(s\) belong to no bag"),
+        ([1, 2, 3, 4], [1, 1, 1, 1, 1, 1], r"feature 'f1': .* add up to 6 ids by the end of this feature, but it holds only 4"),
+        ([1], [1, 1, 1, 1, 1, 1], r"feature 'f0': .* add up to 2 ids by the end of this feature, but it holds only 1"),
+    ],
+)
+def test_kjt_whose_lengths_do_not_match_its_ids_is_refused(values, lengths, match):
+    m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4)
+    kjt = KeyedJaggedTensor(keys=["f0", "f2", "f1"], values=torch.tensor(values), lengths=torch.tensor(lengths))
+    with pytest.raises(ValueError, match=match):
+        m(kjt)
+
+
+def test_numpy_budgets_are_accepted():
+    a = emb_opt.FiitedEmbeddingBagCollection(small_tables(), np.int64(10**5), chunk_size=4)
+    b = emb_opt.FiitedEmbeddingBagCollection(small_tables(), np.float64(0.5), chunk_size=4)
+    assert a.budget_bytes == 10**5 and b.budget_bytes == int(0.5 * b.full_bytes)
+    model = torch.nn.Sequential()
+    model.add_module("ebc", EmbeddingBagCollection(small_tables()))
+    convert(model, np.int64(10**5), chunk_size=4)
+    assert model.ebc.budget_bytes == 10**5
+
+
+def test_helper_argument_errors_name_the_problem():
+    from hashing import random_hash
+    from semantic_id import build_codes
+
+    with pytest.raises(ValueError, match=r"seed must fit in int64"):
+        random_hash(torch.arange(4), 10, seed=2**64)
+    with pytest.raises(ValueError, match=r"num_buckets must be in \[1, 2\^63\)"):
+        random_hash(torch.arange(4), 2**63)
+    with pytest.raises(TypeError, match=r"got ndarray \(for a numpy array use torch.from_numpy"):
+        build_codes(np.zeros((20, 4), dtype=np.float32), levels=2, codebook_size=4, method="rqkmeans")
+
+
+def test_report_cli_rejects_an_unknown_optimizer_as_an_argument_error(capsys):
+    from emb_opt.report import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["missing.pt", "--optimizer", "adam"])
+    assert exit_info.value.code == 2
+    assert "argument --optimizer: unsupported optimizer 'adam'" in capsys.readouterr().err
+
+
+def test_rqvae_progress_bar_counts_epochs(monkeypatch):
+    from semantic_id import rq_vae
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, *args, total=None, **kwargs):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(rq_vae, "tqdm", RecordingBar)
+    model = rq_vae.RQVAE(input_dim=4, levels=2, codebook_size=4, latent_dim=3, hidden_dims=[8])
+    model.fit(torch.randn(64, 4), epochs=3, batch_size=32, warmup_epochs=1, init_sample=64)
+    assert [(b.total, b.n) for b in bars] == [(3, 3)]
