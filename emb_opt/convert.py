@@ -14,9 +14,12 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, List, Tuple, Union
+import warnings
+from typing import Any, Dict, List, Tuple, Union
 
+import torch
 from torch import nn
+from torchrec import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from emb_opt.budget import total_full_bytes
@@ -31,6 +34,25 @@ def _collections(model: nn.Module) -> List[Tuple[nn.Module, str, EmbeddingBagCol
             if type(child) is EmbeddingBagCollection:
                 found.append((parent, name, child))
     return found
+
+
+def _warn_if_untrained(tables: List[EmbeddingBagConfig], weights: Dict[str, torch.Tensor], imported: int,
+                       fiited: FiitedEmbeddingBagCollection) -> None:
+    """Warn when a budget-limited import copies weights that look freshly initialised (every value within the
+    table's init range): they would fill the store until the first resize, denying chunks to the rows training
+    touches, while ``copy_weights=False`` lets rows get chunks as training first touches them."""
+    total = sum(t.num_embeddings * (t.embedding_dim // fiited.config.chunk_size) for t in tables)
+    if imported >= total:
+        return
+    untrained = [t.name for t in tables
+                 if float(weights[t.name].detach().abs().max()) <= t.get_weight_init_max() * (1 + 1e-6)]
+    if untrained:
+        warnings.warn(
+            f"convert(): the weights of table(s) {untrained} all lie within their init range +-sqrt(1/rows), so they "
+            f"look untrained; {imported} of {total} chunks were imported and fill the store until the first resize "
+            f"(step {fiited.config.warmup_steps}), so rows that training touches meanwhile read as zeros. For a model "
+            "that has not been trained, pass copy_weights=False.",
+            RuntimeWarning, stacklevel=3)
 
 
 def convert(model: nn.Module, memory_budget: Union[int, float], copy_weights: bool = True, **options: Any) -> nn.Module:
@@ -55,7 +77,9 @@ def convert(model: nn.Module, memory_budget: Union[int, float], copy_weights: bo
             ebc.embedding_bag_configs(), budget, device=ebc.device, is_weighted=ebc.is_weighted(), **options
         )
         if copy_weights:
-            fiited.import_dense_weights({t.name: ebc.embedding_bags[t.name].weight for t in ebc.embedding_bag_configs()})
+            weights = {t.name: ebc.embedding_bags[t.name].weight for t in ebc.embedding_bag_configs()}
+            imported = fiited.import_dense_weights(weights)
+            _warn_if_untrained(ebc.embedding_bag_configs(), weights, imported, fiited)
         fiited.train(ebc.training)
         setattr(parent, name, fiited)
     return model

@@ -98,12 +98,32 @@ def test_convert_shares_the_budget_across_tables_of_different_sizes():
               EmbeddingBagConfig(name="big", embedding_dim=16, num_embeddings=20000, feature_names=["b"])]
     model = torch.nn.Sequential()
     model.add_module("ebc", EmbeddingBagCollection(tables))  # TorchRec's init: scale sqrt(1/rows) per table
-    convert(model, 0.05, chunk_size=8)
+    with pytest.warns(RuntimeWarning, match="look untrained"):  # a fresh model, converted on purpose
+        convert(model, 0.05, chunk_size=8)
     report = emb_opt.memory_report(model).set_index("table")
     small, big = int(report.loc["small", "live_rows"]), int(report.loc["big", "live_rows"])
     # ranked by raw norm the small table (init scale 6x larger) took every row and the big one ~1%
     assert 0 < small < 500 and big > 10 * small
     assert big / 20000 > 0.5 * small / 500
+
+
+def test_convert_warns_when_a_limited_import_copies_untrained_weights():
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=1000, feature_names=["f"])]
+
+    def model_with(scale: float) -> torch.nn.Module:
+        model = torch.nn.Sequential()
+        model.add_module("ebc", EmbeddingBagCollection(tables))
+        with torch.no_grad():
+            model.ebc.embedding_bags["t"].weight.mul_(scale)
+        return model
+
+    with pytest.warns(RuntimeWarning, match=r"table\(s\) \['t'\] .* look untrained; \d+ of 2000 chunks were imported"):
+        convert(model_with(1.0), 0.1, chunk_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert(model_with(3.0), 0.1, chunk_size=4)  # values beyond the init range: trained
+        convert(model_with(1.0), 0.1, chunk_size=4, copy_weights=False)
+        convert(model_with(1.0), 10**6, chunk_size=4)  # everything fits: the import is exact, nothing denied
 
 
 @pytest.mark.parametrize(
