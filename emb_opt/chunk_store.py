@@ -43,9 +43,9 @@ from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
 
 # counters[...] indices (an int64 buffer so that checkpoints carry them)
-STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS = range(8)
+STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS, LAST_RESIZE_STEP, DENIED_AT_LAST_RESIZE = range(10)
 COUNTER_NAMES = ["step", "high_water", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
-                 "hash_rebuilds", "compactions"]  # fmt: skip
+                 "hash_rebuilds", "compactions", "last_resize_step", "denied_at_last_resize"]  # fmt: skip
 _SKETCH_SEEDS = (101, 202)
 
 
@@ -355,3 +355,8 @@ class VhpiChunkStore(nn.Module):
             if key in state_dict and buffer is not None and state_dict[key].shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.counters.numel() < len(COUNTER_NAMES):  # a checkpoint from before the pressure-resize counters
+            old = self.counters.numel()
+            self.counters = torch.cat([self.counters, self.counters.new_zeros(len(COUNTER_NAMES) - old)])
+            if old <= DENIED_AT_LAST_RESIZE:  # denials before the load do not count as fresh pressure
+                self.counters[DENIED_AT_LAST_RESIZE] = self.counters[DENIED]

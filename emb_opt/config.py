@@ -14,7 +14,12 @@ Every knob the design exposes is here with the reason for its default:
   gradient norm per access), "freq_grad" (sum of per-access gradient norms = freq x mean grad norm, AdaEmbed's
   and FIITED's rule; default). Accumulated every step, multiplied by ``utility_decay`` at every resize (an EMA
   over intervals).
-* schedule: the first resize at ``warmup_steps``, then every ``resize_interval`` training steps.
+* schedule: the first resize at ``warmup_steps``, then every ``resize_interval`` training steps; and under
+  pressure -- admissions were denied since the last resize (the budget is full) -- as soon as
+  ``pressure_resize_steps`` steps have passed since the last resize (0 = off). Without it, a store that fills
+  in its first steps serves whichever rows came first and reads every other row as zeros until
+  ``warmup_steps``: on the synthetic Criteo data at 1%, 300 steps with the default 1000-step warm-up lost 0.047
+  AUC against a resize schedule.
 * ``reserve_fraction``: share of the slot budget a resize leaves free for rows admitted until the next one.
 * ``threshold_mode``: "global" -- one utility threshold for every chunk position (the top chunks by utility
   fill the budget) -- or "per_position" -- utilities are first divided by their chunk position's mean, so each
@@ -101,6 +106,7 @@ class FiitedConfig:
     utility: UtilityRule = UtilityRule.FREQ_GRAD
     warmup_steps: int = 1000
     resize_interval: int = 500
+    pressure_resize_steps: int = 50
     utility_decay: float = 0.5
     reserve_fraction: float = 0.05
     threshold_mode: str = "global"
@@ -122,6 +128,7 @@ class FiitedConfig:
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.resize_interval >= 1, f"resize_interval must be >= 1, got {self.resize_interval}"),
+            (self.pressure_resize_steps >= 0, f"pressure_resize_steps must be >= 0, got {self.pressure_resize_steps}"),
             (0 < self.utility_decay <= 1, f"utility_decay must be in (0, 1], got {self.utility_decay}"),
             (0 <= self.reserve_fraction < 1, f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}"),
             (self.threshold_mode in ("global", "per_position"), f"threshold_mode must be 'global' or 'per_position', got {self.threshold_mode!r}"),

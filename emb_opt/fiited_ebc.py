@@ -7,8 +7,9 @@ Same input (``KeyedJaggedTensor``) and output (``KeyedTensor``, ``[B, sum of emb
   ``nn.Parameter``s for the tables, so the dense optimizer of the training loop never sees them;
 * memory is the budget (``memory_budget``: bytes, or a fraction of the full tables' bytes including their
   optimizer state), whatever the number of virtual rows; ``memory_report`` says where it went;
-* every ``resize_interval`` training steps after ``warmup_steps`` the dimensions are re-decided
-  (``emb_opt.resize``); ``telemetry`` keeps one record per resize.
+* every ``resize_interval`` training steps after ``warmup_steps`` the dimensions are re-decided, and sooner
+  when the store is full and admissions are being denied (``pressure_resize_steps``; ``emb_opt.resize``);
+  ``telemetry`` keeps one record per resize.
 
 Inputs are checked: missing features, ids out of ``[0, num_embeddings)`` or negative, non-integer ids, and
 variable batch sizes per feature raise a ``ValueError`` naming the feature, the sample and the id. Features
@@ -30,7 +31,7 @@ from emb_opt.budget import chunk_counts, plan_store, resolve_budget, total_full_
 from emb_opt.chunk_bag_lookup import BatchPlan, ChunkBagLookup
 from emb_opt.chunk_store import STEP, VhpiChunkStore
 from emb_opt.config import FiitedConfig, merge_config
-from emb_opt.resize import resize_store, telemetry_record
+from emb_opt.resize import resize_due, resize_store, telemetry_record
 from cuda_ext.reference.vhpi import MAX_CHUNKS, MAX_ROWS, MAX_TABLES, key_row, key_table
 
 
@@ -252,9 +253,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     # ---- resizing ----------------------------------------------------------------------------------
     def _maybe_resize(self) -> None:
-        step, config = self.store.step, self.config
-        due = step >= config.warmup_steps and (step - config.warmup_steps) % config.resize_interval == 0
-        if due and self._pending_backward == 0:
+        if self._pending_backward == 0 and resize_due(self.store):
             self.resize_now()
 
     def resize_now(self) -> Dict[str, Any]:

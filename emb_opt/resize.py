@@ -1,7 +1,8 @@
 """The resize step of FIITED: per-chunk-position thresholds under one memory budget, pruning, decay.
 
-Run every ``resize_interval`` training steps after ``warmup_steps`` (``FiitedEmbeddingBagCollection`` calls
-it at the start of the forward that crosses the boundary). With live chunks sorted by key (rows together,
+Run every ``resize_interval`` training steps after ``warmup_steps``, and earlier under pressure: when admissions
+were denied (the store is full) and ``pressure_resize_steps`` steps have passed since the last resize
+(``resize_due``; ``FiitedEmbeddingBagCollection`` checks it at the start of every training forward). With live chunks sorted by key (rows together,
 chunk positions ascending):
 
 1. Effective utility ``e(r, k) = min_{j <= k} u(r, j) / s_j`` -- a chunk is only worth keeping if every
@@ -32,7 +33,23 @@ from typing import Any, Dict
 import torch
 
 from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
-from emb_opt.chunk_store import COMPACTIONS, HIGH_WATER, PRUNED, RESIZES, VhpiChunkStore
+from emb_opt.chunk_store import (
+    COMPACTIONS, DENIED, DENIED_AT_LAST_RESIZE, HIGH_WATER, LAST_RESIZE_STEP, PRUNED, RESIZES, STEP, VhpiChunkStore,
+)
+
+
+def resize_due(store: VhpiChunkStore) -> bool:
+    """Whether a resize runs before the current training step (``store.step`` forwards done so far): on the
+    schedule (``warmup_steps``, then every ``resize_interval``), or under pressure -- admissions were denied
+    since the last resize and ``pressure_resize_steps`` steps have passed since it (or since the start)."""
+    config, step = store.config, store.step
+    if step >= config.warmup_steps and (step - config.warmup_steps) % config.resize_interval == 0:
+        return True
+    if config.pressure_resize_steps <= 0:
+        return False
+    counters = store.counters.tolist()
+    return (counters[DENIED] > counters[DENIED_AT_LAST_RESIZE]
+            and step - counters[LAST_RESIZE_STEP] >= config.pressure_resize_steps)
 
 
 def position_scale(max_chunks: int, exponent: float, device: torch.device) -> torch.Tensor:
@@ -119,6 +136,8 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
     store.sketch.mul_(config.utility_decay)
     store.counters[RESIZES] += 1
     store.counters[PRUNED] += n_pruned
+    store.counters[LAST_RESIZE_STEP] = store.counters[STEP]
+    store.counters[DENIED_AT_LAST_RESIZE] = store.counters[DENIED]
     live = store.num_live
     if live < config.compaction_threshold * store.capacity and store.capacity > config.initial_capacity:
         compact_store(store, max(config.initial_capacity, math.ceil(live / max(1e-9, 1 - config.reserve_fraction) * 1.25)))

@@ -85,12 +85,11 @@ def train_step(store, batch: Dict[str, torch.Tensor], feature_table: torch.Tenso
     Returns the resize's telemetry record when one ran at the start of the step."""
     from cuda_ext import ops
     from emb_opt.chunk_store import STEP
-    from emb_opt.resize import resize_store
+    from emb_opt.resize import resize_due, resize_store
 
     config, dev = store.config, store.pool_weights.device
     record = None
-    step = store.step
-    if step >= config.warmup_steps and (step - config.warmup_steps) % config.resize_interval == 0:
+    if resize_due(store):
         record = resize_store(store)
     values, offsets = batch["values"].to(dev), batch["offsets"].to(dev)
     row_keys, inverse, unique_offsets, unique_occ, occ_bag, bad = ops.chunk_bag_unique(
