@@ -2,8 +2,8 @@
 
 Run every ``resize_interval`` training steps after ``warmup_steps``, and earlier under pressure: when admissions
 were denied (the store is full) and ``pressure_resize_steps`` steps have passed since the last resize
-(``resize_due``; ``FiitedEmbeddingBagCollection`` checks it at the start of every training forward). With live chunks sorted by key (rows together,
-chunk positions ascending):
+(``resize_due``; ``FiitedEmbeddingBagCollection`` checks it at the start of every training forward). With live
+chunks sorted by key (rows together, chunk positions ascending):
 
 1. Effective utility ``e(r, k) = min_{j <= k} u(r, j) / s_j`` -- a chunk is only worth keeping if every
    chunk before it is (a row's vector is a prefix). The position scale ``s_k = (k + 1) ** position_exponent``
