@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import os
 import time
 import warnings
@@ -44,6 +43,7 @@ class Config:
     sid_codebook_size: int = 64
     data_dir: str = ""  # real Criteo TSV files (train.txt or day_*[.gz]); empty = synthetic
     row_budget: int = 1 << 20  # real data: rows per feature after `id mod (H-1)` (the DLRM preprocessing)
+    skip_bad_lines: bool = False  # real data: drop malformed lines (counted, warned) instead of stopping
     steps: int = 300
     batch_size: int = 4096
     eval_batches: int = 10
@@ -74,6 +74,9 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "quick":
             parser.add_argument(flag, action="store_true", help="a one-minute smoke run (smaller data, fewer steps)")
+        elif f.name == "skip_bad_lines":
+            parser.add_argument(flag, action="store_true", help="real data: drop malformed lines (counted and "
+                                "warned about) instead of stopping at the first one")
         elif f.name == "progress":
             parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
         else:
@@ -94,14 +97,11 @@ class DataSource:
     def __init__(self, config: Config) -> None:
         self.config = config
         if config.data_dir:
+            from experiments.data.criteo_files import find_criteo_files
             from experiments.data.criteo_tsv import CriteoTsvReader
 
-            files = sorted(glob.glob(os.path.join(config.data_dir, "day_*"))) or sorted(
-                glob.glob(os.path.join(config.data_dir, "train.txt*")))
-            if not files:
-                raise FileNotFoundError(f"no Criteo files (day_* or train.txt) in {config.data_dir!r}")
-            self.files = files
-            self.reader_kwargs = dict(row_budget=config.row_budget)
+            self.files = files = find_criteo_files(config.data_dir)
+            self.reader_kwargs = dict(row_budget=config.row_budget, skip_bad_lines=config.skip_bad_lines)
             self.cardinalities = CriteoTsvReader(files, 1, **self.reader_kwargs).num_embeddings_per_feature()
             self.description = f"Criteo files {', '.join(os.path.basename(f) for f in files)} (id mod {config.row_budget - 1})"
         else:
@@ -127,12 +127,17 @@ class DataSource:
             return list(self.synthetic.batches(c.eval_batch_size, c.eval_batches, stream=1))
         from experiments.data.criteo_tsv import CriteoTsvReader
 
-        # the lines right after the training lines (time order), read in training-size batches
-        eval_lines = c.eval_batches * c.eval_batch_size
-        reader = CriteoTsvReader(self.files, c.batch_size, max_lines=c.steps * c.batch_size + eval_lines, **self.reader_kwargs)
-        batches = [b for i, b in enumerate(reader) if i >= c.steps]
+        # the lines right after the training lines (time order)
+        eval_lines, train_lines = c.eval_batches * c.eval_batch_size, c.steps * c.batch_size
+        reader = CriteoTsvReader(self.files, c.eval_batch_size, max_lines=eval_lines, skip_lines=train_lines,
+                                 **self.reader_kwargs)
+        batches = list(reader)
         if not batches:
-            raise ValueError(f"no evaluation lines left after the {c.steps * c.batch_size} training lines; lower --steps")
+            raise ValueError(f"no evaluation lines left after the {train_lines} training lines; lower --steps")
+        read = reader.stats.lines_read  # good and skipped bad lines
+        if read < eval_lines:
+            warnings.warn(f"the Criteo files hold only {read} lines after the {train_lines} training lines; evaluating "
+                          f"on those, not the {eval_lines} asked for", RuntimeWarning, stacklevel=2)
         return batches
 
     def semantic_ids(self) -> Optional[SemanticIds]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import binascii
 import errno
 import gzip
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -116,7 +117,23 @@ def open_tsv(path: PathLike) -> BinaryIO:
 
 
 def iter_line_blocks(path: PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
-    """Yield blocks of whole lines (each ending in ``\\n``) of about ``chunk_bytes`` bytes."""
+    """Yield blocks of whole lines (each ending in ``\\n``) of about ``chunk_bytes`` bytes. Blank lines at the
+    end of the file (an editor's or a concatenation's trailing newline) are dropped; blank lines inside the
+    file stay, and are reported as malformed lines by the parser."""
+    pending: List[bytes] = []  # held back: the last block with text, then blocks of blank lines only
+    for block in _raw_line_blocks(path, chunk_bytes):
+        if block.strip(b"\r\n"):
+            yield from pending
+            pending = [block]
+        else:
+            pending.append(block)
+    if pending:
+        text = pending[0].rstrip(b"\r\n")
+        if text:
+            yield text + b"\n"
+
+
+def _raw_line_blocks(path: PathLike, chunk_bytes: int) -> Iterator[bytes]:
     carry = b""
     with open_tsv(path) as f:
         while True:
@@ -264,26 +281,43 @@ def _first_lines(buf: bytes, n: int) -> bytes:
     return buf if len(ends) <= n else buf[: int(ends[n - 1]) + 1]
 
 
+def _drop_first_lines(buf: bytes, n: int) -> Tuple[bytes, int]:
+    """``buf`` without its first ``n`` lines, and how many lines were dropped."""
+    ends = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+    if len(ends) <= n:
+        return b"", len(ends)
+    return buf[int(ends[n - 1]) + 1 :], n
+
+
 def iter_raw_chunks(
     paths: Sequence[PathLike],
     *,
     has_label: bool = True,
     skip_bad_lines: bool = False,
     max_lines: Optional[int] = None,
+    skip_lines: int = 0,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     stats: Optional[ReaderStats] = None,
 ) -> Iterator[RawChunk]:
     """Parse ``paths`` in sequence, yielding the good lines of each block (see ``RawChunk``).
 
     A bad line raises ``ValueError`` (file, line, column, text) unless ``skip_bad_lines``; then it is counted in
-    ``stats``. ``max_lines`` caps the lines read (good and bad) over all files.
+    ``stats``. The first ``skip_lines`` lines over all files are passed over unparsed (e.g. the training lines
+    before an evaluation slice); ``max_lines`` then caps the lines read (good and bad).
     """
     stats = stats if stats is not None else ReaderStats()
     remaining = max_lines
+    to_skip = int(skip_lines)
     for path in paths:
         path = os.fspath(path)
         line_no = 1
         for buf in iter_line_blocks(path, chunk_bytes):
+            if to_skip:
+                buf, dropped = _drop_first_lines(buf, to_skip)
+                to_skip -= dropped
+                line_no += dropped
+                if not buf:
+                    continue
             if remaining is not None:
                 if remaining <= 0:
                     return
@@ -320,12 +354,25 @@ def _as_path_list(paths: Union[PathLike, Iterable[PathLike]]) -> List[str]:
 def _as_budgets(row_budget: Union[None, int, Sequence[int]]) -> Optional[List[int]]:
     if row_budget is None:
         return None
-    budgets = [int(row_budget)] * CAT_FEATURE_COUNT if isinstance(row_budget, int) else [int(h) for h in row_budget]
-    if len(budgets) != CAT_FEATURE_COUNT:
-        raise ValueError(f"row_budget must be an int or a list of {CAT_FEATURE_COUNT} ints, got {len(budgets)}")
+    if isinstance(row_budget, torch.Tensor) and row_budget.dim() == 0:
+        row_budget = row_budget.item()
+    if isinstance(row_budget, (numbers.Integral, np.integer)) and not isinstance(row_budget, bool):
+        budgets = [int(row_budget)] * CAT_FEATURE_COUNT
+    elif isinstance(row_budget, Iterable) and not isinstance(row_budget, (str, bytes)):
+        budgets = list(row_budget)
+        if len(budgets) != CAT_FEATURE_COUNT:
+            raise ValueError(f"row_budget must be an int or a list of {CAT_FEATURE_COUNT} ints, got {len(budgets)}")
+        bad = [(f, h) for f, h in enumerate(budgets)
+               if not isinstance(h, (numbers.Integral, np.integer)) or isinstance(h, bool)]
+        if bad:
+            raise TypeError(f"row_budget of feature {CAT_NAMES[bad[0][0]]} must be an int, got {bad[0][1]!r}")
+        budgets = [int(h) for h in budgets]
+    else:
+        raise TypeError(f"row_budget must be an int or a list of {CAT_FEATURE_COUNT} ints, got {row_budget!r}")
     small = [(f, h) for f, h in enumerate(budgets) if h < 2]
     if small:
-        raise ValueError(f"row_budget must be >= 2 (one row is reserved for empty fields); feature {small[0]}")
+        raise ValueError(f"row_budget must be >= 2 (one row is reserved for empty fields); feature "
+                         f"{CAT_NAMES[small[0][0]]} has {small[0][1]}")
     return budgets
 
 
@@ -348,6 +395,7 @@ class CriteoTsvReader:
         max_lines: Optional[int] = None,
         vocabulary: Optional["CriteoVocabulary"] = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        skip_lines: int = 0,
     ) -> None:
         self.paths = _as_path_list(paths)
         if int(batch_size) < 1:
@@ -358,6 +406,9 @@ class CriteoTsvReader:
             raise ValueError("give row_budget or vocabulary, not both")
         if max_lines is not None and int(max_lines) < 0:
             raise ValueError(f"max_lines must be >= 0, got {max_lines}")
+        if int(skip_lines) < 0:
+            raise ValueError(f"skip_lines must be >= 0, got {skip_lines}")
+        self.skip_lines = int(skip_lines)
         if int(chunk_bytes) < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
         self.batch_size, self.hash_method = int(batch_size), hash_method
@@ -405,6 +456,7 @@ class CriteoTsvReader:
             has_label=self.has_label,
             skip_bad_lines=self.skip_bad_lines,
             max_lines=self.max_lines,
+            skip_lines=self.skip_lines,
             chunk_bytes=self.chunk_bytes,
             stats=stats,
         )
