@@ -43,17 +43,42 @@ def time_steps(step: Callable[[int], None], warmup: int, steps: int) -> float:
     return statistics.median(times) * 1000
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _budgets(text: str) -> List[float]:
+    """``"1.0,0.1"`` -> [1.0, 0.1], all checked before anything is timed."""
+    try:
+        budgets = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budgets must be comma-separated numbers, got {text!r}") from None
+    bad = [b for b in budgets if not 0 < b <= 1]
+    if not budgets or bad:
+        raise argparse.ArgumentTypeError(f"budgets must be fractions in (0, 1], got {text!r}")
+    return budgets
+
+
 def main(argv: List[str] = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--chunk-size", type=int, default=16)
-    parser.add_argument("--cardinality-scale", type=float, default=0.01)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--budgets", default="1.0,0.1,0.01")
+    parser.add_argument("--batch-size", type=_positive_int, default=4096, help="samples per step (default 4096)")
+    parser.add_argument("--dim", type=_positive_int, default=64, help="embedding dimension of every table (default 64)")
+    parser.add_argument("--chunk-size", type=_positive_int, default=16, help="FIITED chunk size (default 16)")
+    parser.add_argument("--cardinality-scale", type=float, default=0.01,
+                        help="table sizes = Criteo Kaggle's x this (default 0.01)")
+    parser.add_argument("--steps", type=_positive_int, default=30, help="timed steps per method (default 30)")
+    parser.add_argument("--budgets", type=_budgets, default="1.0,0.1,0.01",
+                        help="FIITED budgets, fractions of the full bytes in (0, 1] (default 1.0,0.1,0.01)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
-    parser.add_argument("--out", default="results/bench_fiited.csv")
+    parser.add_argument("--out", default="results/bench_fiited.csv", help="CSV file the rows are appended to")
     args = parser.parse_args(argv)
+    if args.dim % args.chunk_size:
+        parser.error(f"--dim {args.dim} is not divisible by --chunk-size {args.chunk_size}")
+    if os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a folder; give the CSV file to append to")
     if args.threads:
         torch.set_num_threads(args.threads)
     data = SyntheticCriteo(SyntheticCriteoConfig(cardinality_scale=args.cardinality_scale))
@@ -76,7 +101,7 @@ def main(argv: List[str] = None) -> pd.DataFrame:
     fused = FusedEmbeddingBagCollection(tables, optimizer_type=RowWiseAdagrad, optimizer_kwargs={"lr": 0.05})
     results["fused_tbe_rowwise"] = time_steps(lambda i: fused(batches[i]).values().pow(2).sum().backward(), 2, args.steps)
     del fused
-    for budget in [float(b) for b in args.budgets.split(",")]:
+    for budget in args.budgets:
         fiited = emb_opt.FiitedEmbeddingBagCollection(tables, budget, chunk_size=args.chunk_size, learning_rate=0.05,
                                                       warmup_steps=warm - 2, resize_interval=10**6,
                                                       pressure_resize_steps=0)  # one resize in the warm-up, none timed
