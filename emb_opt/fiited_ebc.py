@@ -49,6 +49,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         config: a ``FiitedConfig`` with the remaining options; keyword ``options`` override its fields.
     """
 
+    report_kind = "fiited"  # what memory reports and checkpoints call this collection
+
     def __init__(
         self,
         tables: List[EmbeddingBagConfig],
@@ -307,7 +309,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     def get_extra_state(self) -> Dict[str, Any]:
         """Self-description carried by checkpoints, so ``emb_opt.report`` can read a bare state_dict."""
         return {
-            "kind": "fiited",
+            "kind": self.report_kind,
             "tables": [
                 {"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim,
                  "feature_names": list(t.feature_names)}

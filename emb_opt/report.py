@@ -126,10 +126,11 @@ def sum_rows(module: str, table: str, kind: str, optimizer: str, parts: Sequence
 
 # ---- FIITED ---------------------------------------------------------------------------------------------
 def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequence[Dict[str, Any]],
-                chunk_size: int, optimizer: OptimizerType) -> List[Dict[str, Any]]:
+                chunk_size: int, optimizer: OptimizerType, kind: str = "fiited") -> List[Dict[str, Any]]:
     """Rows of one FIITED store from its buffers (``store.named_buffers()`` or a state_dict's ``store.*``).
 
-    ``tables``: dicts with ``name``, ``num_embeddings``, ``embedding_dim`` in the store's table order.
+    ``tables``: dicts with ``name``, ``num_embeddings``, ``embedding_dim`` in the store's table order;
+    ``kind``: "fiited", or "rowprune" for the row-pruning baseline (the same store with one chunk per row).
     """
     slot_keys = buffers["slot_keys"].detach().cpu()
     capacity = max(1, slot_keys.numel())
@@ -155,7 +156,7 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
         virtual, dim = int(spec["num_embeddings"]), int(spec["embedding_dim"])
         hist[0] = virtual - int(per_row.numel())
         rows.append(_row(
-            module, str(spec["name"]), "fiited", opt,
+            module, str(spec["name"]), kind, opt,
             virtual_rows=virtual, physical_rows=int(per_row.numel()), embedding_dim=dim, chunk_size=chunk_size,
             live_rows=int(per_row.numel()), live_chunks=live,
             mean_dim=live * chunk_size / per_row.numel() if per_row.numel() else 0.0,
@@ -165,9 +166,9 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
             full_bytes=full_table_bytes(virtual, dim, optimizer), dims_histogram=format_histogram(hist),
         ))  # fmt: skip
     used = {c: sum(r[f"{c}_bytes"] for r in rows) for c in ("weights", "optimizer", "index", "utility", "metadata")}
-    rows.append(_row(module, SHARED, "fiited", opt, live_chunks=0,
+    rows.append(_row(module, SHARED, kind, opt, live_chunks=0,
                      **{f"{c}_bytes": cat_total[c] - used[c] for c in used}))
-    rows.append(sum_rows(module, TOTAL, "fiited", opt, rows))
+    rows.append(sum_rows(module, TOTAL, kind, opt, rows))
     return rows
 
 
@@ -175,8 +176,9 @@ def _fiited_from_module(name: str, module: nn.Module) -> CollectionReport:
     tables = [{"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim}
               for t in module.embedding_bag_configs()]
     config = module.config
-    rows = fiited_rows(name, dict(module.store.named_buffers()), tables, config.chunk_size, config.optimizer)
-    return CollectionReport(name, "fiited", rows, list(module.telemetry))
+    kind = module.get_extra_state().get("kind", "fiited")
+    rows = fiited_rows(name, dict(module.store.named_buffers()), tables, config.chunk_size, config.optimizer, kind)
+    return CollectionReport(name, kind, rows, list(module.telemetry))
 
 
 def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionReport:
@@ -197,8 +199,9 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
         tables = [{"name": f"table{i}", "num_embeddings": r, "embedding_dim": k * chunk_size}
                   for i, (r, k) in enumerate(zip(rows_, chunks))]
     name = prefix[:-1] if prefix.endswith(".") else prefix
-    rows = fiited_rows(name, buffers, tables, chunk_size, optimizer)
-    return CollectionReport(name, "fiited", rows, list(extra.get("telemetry") or []))
+    kind = str(extra.get("kind") or "fiited")
+    rows = fiited_rows(name, buffers, tables, chunk_size, optimizer, kind)
+    return CollectionReport(name, kind, rows, list(extra.get("telemetry") or []))
 
 
 # ---- dense and hashed -------------------------------------------------------------------------------------

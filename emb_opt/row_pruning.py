@@ -20,6 +20,8 @@ from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
 class RowPruningEmbeddingBagCollection(FiitedEmbeddingBagCollection):
     """Whole-row pruning by access frequency under a memory budget (all tables must share one dimension)."""
 
+    report_kind = "rowprune"
+
     def __init__(
         self,
         tables: List[EmbeddingBagConfig],

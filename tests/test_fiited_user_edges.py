@@ -195,3 +195,16 @@ def test_rqvae_progress_bar_counts_epochs(monkeypatch):
     model = rq_vae.RQVAE(input_dim=4, levels=2, codebook_size=4, latent_dim=3, hidden_dims=[8])
     model.fit(torch.randn(64, 4), epochs=3, batch_size=32, warmup_epochs=1, init_sample=64)
     assert [(b.total, b.n) for b in bars] == [(3, 3)]
+
+
+def test_memory_report_tells_row_pruning_from_fiited(tmp_path):
+    model = torch.nn.Module()
+    model.fiited = emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4)
+    model.rows = emb_opt.RowPruningEmbeddingBagCollection(small_tables(), 10**5)
+    for module in (model.fiited, model.rows):
+        module(random_kjt(0)).values().sum().backward()
+    from_module = emb_opt.memory_report(model)
+    from_state = emb_opt.memory_report(model.state_dict())
+    for report in (from_module, from_state):
+        kinds = dict(zip(report["module"], report["kind"]))
+        assert kinds == {"fiited": "fiited", "rows": "rowprune", "(all)": "mixed"}
