@@ -82,6 +82,13 @@ class Config:
 QUICK = dict(num_items=10000, num_users=1000, num_events=200000, rqvae_epochs=20, seeds=1)
 
 
+def check_config(config: Config) -> None:
+    """``ValueError`` for options that would otherwise be silently ignored."""
+    if config.item_embeddings and not config.catalog_dir:
+        raise ValueError(f"item_embeddings ({config.item_embeddings}) needs catalog_dir (--catalog-dir): they are "
+                         "the content of a file catalog's items; the synthetic catalog makes its own content")
+
+
 def quick_config(config: Config, keep: Sequence[str] = ()) -> Config:
     """The ``--quick`` sizes (~30 s): a smaller catalog and one seed; fields named in ``keep`` are not changed."""
     return dataclasses.replace(config, quick=True, **{k: v for k, v in QUICK.items() if k not in keep})
@@ -299,15 +306,23 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, segment: np.ndarray, window:
 
 
 # ---------------------------------------------------------------------------------------------------- report
+def format_change(mean: float, std: Optional[float] = None, seeds: int = 1) -> str:
+    """``+1.23``, or with ``std`` ``+1.23 +- 0.45`` (over seeds); ``-`` when undefined (a segment without eval
+    events, e.g. no new items in a file catalog), spread ``n/a`` for a single seed."""
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:+.2f}" + ("" if std is None else " +- " + (f"{std:.2f}" if seeds > 1 else "n/a"))
+
+
 def format_table(df) -> str:
     """Two blocks: NE (by segment, train NE, drift) and AUC (by segment), one row per parameterization."""
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     ne = df[["parameterization", "rows"] + [f"ne_{s}" for s in SEGMENTS]].copy()
     ne.columns = ["parameterization", "rows"] + [f"NE {s}" for s in SEGMENTS]
     ne["train NE"] = df["train_ne"]
-    ne["drift %"] = df["drift_pct"].map(lambda v: f"{v:+.2f}")
+    ne["drift %"] = df["drift_pct"].map(format_change)
     if "drift_vs_oracle_pct" in df.columns:
-        ne["drift vs oracle %"] = df["drift_vs_oracle_pct"].map(lambda v: f"{v:+.2f}")
+        ne["drift vs oracle %"] = df["drift_vs_oracle_pct"].map(format_change)
     au = df[["parameterization"] + [f"auc_{s}" for s in SEGMENTS]].copy()
     au.columns = ["parameterization"] + [f"AUC {s}" for s in SEGMENTS]
     au["train s"] = df["seconds"].map(lambda v: f"{v:.1f}")
@@ -358,6 +373,7 @@ def plot(df, path: str, num_windows: int) -> None:
 # ---------------------------------------------------------------------------------------------------- main
 def run(config: Config):
     """Run the comparison; returns the results ``pandas.DataFrame`` (also written under ``config.out``)."""
+    check_config(config)
     threads = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -442,8 +458,8 @@ def _run(config: Config):
         print("\nNE change vs random hashing at equal H (%, mean +- std over seeds; negative = better):")
         view = {"parameterization": df["parameterization"]}
         for s in SEGMENTS:
-            view[s] = [f"{m:+.2f} +- {d:.2f}" for m, d in zip(df[f"dne_{s}_pct_vs_random"],
-                                                             df[f"dne_{s}_pct_vs_random_std"])]
+            view[s] = [format_change(m, d, n) for m, d, n in zip(df[f"dne_{s}_pct_vs_random"],
+                                                                 df[f"dne_{s}_pct_vs_random_std"], df["seeds"])]
         print(pd.DataFrame(view).to_string(index=False))
     runs.to_csv(os.path.join(config.out, "runs.csv"), index=False)
     df.to_csv(os.path.join(config.out, "results.csv"), index=False)
@@ -476,6 +492,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     config = dataclasses.replace(defaults, **explicit)
     if config.quick:
         config = quick_config(config, keep=list(explicit))
+    try:
+        check_config(config)
+    except ValueError as error:
+        parser.error(str(error))
     return config
 
 

@@ -64,7 +64,73 @@ def test_errors(files, monkeypatch):
         C.load_movielens(files)
 
 
-def test_experiment_runs_on_files(files, tmp_path):
+def test_build_catalog_rejects_duplicate_and_fractional_ids():
+    emb = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"duplicate item ids \[10\]"):  # one of the rows would never be used
+        C.build_catalog([10, 10, 30], ["a", "b", "c"], [1, 2], [10, 30], [1, 2], labels=[1, 0], embeddings=emb)
+    with pytest.raises(ValueError, match=r"item_ids\[0\] is 1.7; expected an integer; 2 of 3"):  # not truncated
+        C.build_catalog([1.7, 2.2, 3], ["a", "b", "c"], [1], [1], [1], labels=[1], embeddings=emb)
+    with pytest.raises(ValueError, match=r"items\[1\] is 2.5; expected an integer"):
+        C.build_catalog([1, 2, 3], ["a", "b", "c"], [1, 1], [1, 2.5], [1, 2], labels=[1, 0], embeddings=emb)
+    with pytest.raises(ValueError, match=r"users\[0\] is 'u1'; expected an integer"):
+        C.build_catalog([1, 2, 3], ["a", "b", "c"], ["u1"], [1], [1], labels=[1], embeddings=emb)
+    # integral floats (pandas reads an int column with gaps as float) are ids like any other
+    cat = C.build_catalog([1.0, 2.0, 3.0], ["a", "b", "c"], [7.0], [2.0], [5.0], labels=[1], embeddings=emb)
+    assert cat.item_ids.dtype == np.int64 and cat.item_ids.tolist() == [1, 2, 3] and cat.items.tolist() == [1]
+
+
+def test_empty_items_are_named(files):
+    (files / "movies.dat").write_text("\n")
+    with pytest.raises(ValueError, match=r"movies.dat: no movies"):
+        C.load_movielens(files, embeddings=np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="no items"):
+        C.build_catalog([], [], [1], [1], [1], labels=[1], embeddings=np.zeros((0, 4)))
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("movies.dat", "10::A::B\nx::A::B\n", r"movies.dat:2: column MovieID expected an integer, got 'x'"),
+    ("movies.dat", "10::A::B\n\n10::C::D\n", r"movies.dat:3: duplicate MovieID 10 \(first on line 1\)"),
+    ("ratings.dat", "1::10::5::100\n1::10::five::100\n", r"ratings.dat:2: column Rating expected a finite number, "
+                                                         r"got 'five'"),
+    ("ratings.dat", "1::10::nan::100\n", r"ratings.dat:1: column Rating expected a finite number, got 'nan'"),
+    ("ratings.dat", "UserID::MovieID::Rating::Timestamp\n1::10::5::100\n",
+     r"ratings.dat:1: column UserID expected an integer, got 'UserID'"),
+    ("ratings.dat", "1::10::5::100.5\n", r"ratings.dat:1: column Timestamp expected an integer, got '100.5'"),
+])
+def test_non_numeric_fields_name_file_line_and_column(files, name, text, message):
+    (files / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        C.load_movielens(files, embeddings=np.zeros((3, 2)))
+
+
+def test_bad_embeddings_are_named(files):
+    torch.save({"w": torch.zeros(3, 2)}, files / "dict.pt")
+    with pytest.raises(ValueError, match=r"dict.pt must be a numeric \[n_items, D\] array or tensor, got dict with "
+                                         r"keys \['w'\]"):
+        C.load_movielens(files, embeddings=files / "dict.pt")
+    with pytest.raises(ValueError, match=r"numeric \[n_items, D\] array or tensor, got array of <U1"):
+        C.load_movielens(files, embeddings=np.array([["a", "b"]] * 3))
+    with pytest.raises(ValueError, match=r"numeric \[n_items, D\] array or tensor, got array of object"):
+        C.build_catalog([1, 2], ["a", "b"], [1], [1], [1], labels=[1],
+                        embeddings=np.array([[1.0, 2.0], [3.0]], dtype=object))
+    with pytest.raises(ValueError, match=r"got tensor of torch.complex64"):
+        C.load_movielens(files, embeddings=torch.zeros(3, 2, dtype=torch.complex64))
+
+
+def test_build_catalog_checks_ratings_and_labels():
+    args = ([1, 2, 3], ["a", "b", "c"], [1, 1], [1, 2], [1, 2])
+    emb = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"ratings\[0\] is nan; expected a finite number"):  # not label 0
+        C.build_catalog(*args, ratings=[np.nan, 5], embeddings=emb)
+    with pytest.raises(ValueError, match=r"labels\[0\] is 3; expected 0 or 1"):  # not label 1
+        C.build_catalog(*args, labels=[3, 1], embeddings=emb)
+    with pytest.raises(ValueError, match=r"labels\[1\] is nan; expected 0 or 1"):
+        C.build_catalog(*args, labels=[1.0, np.nan], embeddings=emb)
+    assert C.build_catalog(*args, labels=np.array([True, False]), embeddings=emb).labels.tolist() == [1.0, 0.0]
+    assert C.build_catalog(*args, ratings=[4.5, 3.5], embeddings=emb).labels.tolist() == [1.0, 0.0]
+
+
+def test_experiment_runs_on_files(files, tmp_path, capsys):
     from experiments import semantic_id_catalog as E
 
     # a slightly larger MovieLens-style pair so every split has events
@@ -82,3 +148,6 @@ def test_experiment_runs_on_files(files, tmp_path):
                              "--no-progress", "--out", str(tmp_path / "out")]))
     assert df["parameterization"].tolist() == ["random", "prefix_ngram"]  # no oracle for real data
     assert np.isfinite(df["ne_overall"]).all()
+    # no item is first seen late here: the "new" change is undefined ("-", not "+nan"); one seed has no spread
+    changes = capsys.readouterr().out.split("NE change vs random hashing")[1].split("wrote")[0]
+    assert "nan" not in changes and "+- n/a" in changes and "+- 0.00" not in changes

@@ -78,3 +78,19 @@ def test_quick_flag_keeps_explicit_options():
     config = E.parse_args(["--quick", "--num-items", "123"])
     assert config.num_items == 123 and config.num_events == E.QUICK["num_events"] and config.seeds == 1
     assert E.parse_args([]).num_items == E.Config().num_items
+
+
+def test_item_embeddings_need_a_catalog_dir(tmp_path, capsys):
+    # the embeddings are a file catalog's content; without --catalog-dir they were silently ignored
+    with pytest.raises(SystemExit):
+        E.parse_args(["--item-embeddings", "emb.npy"])
+    assert "needs catalog_dir (--catalog-dir)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"item_embeddings \(emb.npy\) needs catalog_dir"):
+        E.run(E.Config(item_embeddings="emb.npy", out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_format_change():
+    assert E.format_change(1.234) == "+1.23" and E.format_change(-0.5, 0.25, seeds=3) == "-0.50 +- 0.25"
+    assert E.format_change(1.234, 0.0, seeds=1) == "+1.23 +- n/a"  # one seed: no spread, not a zero one
+    assert E.format_change(float("nan"), 0.0, seeds=3) == "-" and E.format_change(float("nan")) == "-"

