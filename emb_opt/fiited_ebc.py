@@ -160,8 +160,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             f"is out of range [0, {table.num_embeddings})"
         )
 
-    def _raise_length_mismatch(self, offsets: torch.Tensor, num_values: int, batch_size: int) -> None:
-        total = int(offsets[-1])
+    def _raise_length_mismatch(self, offsets: torch.Tensor, total: int, num_values: int, batch_size: int) -> None:
         if total < num_values:
             raise ValueError(f"the KeyedJaggedTensor holds {num_values} ids but its lengths add up to {total}: "
                              f"{num_values - total} id(s) belong to no bag")
@@ -183,7 +182,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             raise ValueError(f"KJT offsets have {offsets.numel()} entries; expected features x batch + 1")
         total = int(offsets[-1])
         if total != values.numel():
-            self._raise_length_mismatch(offsets, values.numel(), batch_size)
+            self._raise_length_mismatch(offsets, total, values.numel(), batch_size)
         weights = None
         if self._is_weighted:
             weights = kjt.weights_or_none()
@@ -328,7 +327,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         # the checkpoint's self-description names what differs (optimizer, chunk size, budget) before the store's
         # own shape checks; a mismatch refuses the whole load, so the module keeps its training state
         saved = state_dict.get(prefix + "_extra_state")
-        if isinstance(saved, dict) and saved.get("kind") == self.get_extra_state()["kind"]:
+        if isinstance(saved, dict) and saved.get("kind") == self.report_kind:
             mine = {"optimizer": self.config.optimizer.value, "chunk_size": self.config.chunk_size,
                     "budget_bytes": self.budget_bytes}
             differ = [f"{k} {saved[k]!r} (this module: {v!r})" for k, v in mine.items() if k in saved and saved[k] != v]

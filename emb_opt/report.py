@@ -176,7 +176,7 @@ def _fiited_from_module(name: str, module: nn.Module) -> CollectionReport:
     tables = [{"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim}
               for t in module.embedding_bag_configs()]
     config = module.config
-    kind = module.get_extra_state().get("kind", "fiited")
+    kind = module.report_kind
     rows = fiited_rows(name, dict(module.store.named_buffers()), tables, config.chunk_size, config.optimizer, kind)
     return CollectionReport(name, kind, rows, list(module.telemetry))
 
