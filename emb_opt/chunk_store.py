@@ -358,5 +358,4 @@ class VhpiChunkStore(nn.Module):
         if self.counters.numel() < len(COUNTER_NAMES):  # a checkpoint from before the pressure-resize counters
             old = self.counters.numel()
             self.counters = torch.cat([self.counters, self.counters.new_zeros(len(COUNTER_NAMES) - old)])
-            if old <= DENIED_AT_LAST_RESIZE:  # denials before the load do not count as fresh pressure
-                self.counters[DENIED_AT_LAST_RESIZE] = self.counters[DENIED]
+            self.counters[DENIED_AT_LAST_RESIZE] = self.counters[DENIED]  # denials before the load are not pressure
