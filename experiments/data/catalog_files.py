@@ -72,7 +72,7 @@ RATING_COLUMNS = ("UserID", "MovieID", "Rating", "Timestamp")
 
 def _read_dat(path: Union[str, Path], columns: Sequence[str]) -> Tuple[List[List[str]], List[int]]:
     """Non-empty lines of a ``'::'``-separated file -> (rows of fields, their 1-based line numbers, for errors)."""
-    rows, numbers = [], []
+    rows, line_numbers = [], []
     with open(path, encoding="latin-1") as handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
@@ -83,11 +83,11 @@ def _read_dat(path: Union[str, Path], columns: Sequence[str]) -> Tuple[List[List
                 raise ValueError(f"{path}:{number}: expected {len(columns)} '::'-separated fields "
                                  f"({'::'.join(columns)}), got {len(parts)}: {line[:80]!r}")
             rows.append(parts)
-            numbers.append(number)
-    return rows, numbers
+            line_numbers.append(number)
+    return rows, line_numbers
 
 
-def _parse_column(path: Union[str, Path], rows: List[List[str]], numbers: List[int], columns: Sequence[str],
+def _parse_column(path: Union[str, Path], rows: List[List[str]], line_numbers: List[int], columns: Sequence[str],
                   index: int, integer: bool) -> np.ndarray:
     """Column ``index`` as int64 (``integer``) or finite float64. A bad value (a header line, ``five``, ``100.5``
     for an integer, ``nan``) is a ``ValueError`` naming the file, line, column and value."""
@@ -99,7 +99,7 @@ def _parse_column(path: Union[str, Path], rows: List[List[str]], numbers: List[i
     except (ValueError, OverflowError):
         pass
     parsed = []
-    for value, number in zip(values, numbers):
+    for value, number in zip(values, line_numbers):
         try:
             parsed.append(int(value) if integer else float(value))
             ok = -2**63 <= parsed[-1] < 2**63 if integer else math.isfinite(parsed[-1])
@@ -113,12 +113,12 @@ def _parse_column(path: Union[str, Path], rows: List[List[str]], numbers: List[i
 
 def read_movies(path: Union[str, Path]) -> Tuple[np.ndarray, List[str], List[str]]:
     """``movies.dat`` -> (movie ids ``[n]`` int64, titles, genres strings ``"A|B"``)."""
-    rows, numbers = _read_dat(path, MOVIE_COLUMNS)
+    rows, line_numbers = _read_dat(path, MOVIE_COLUMNS)
     if not rows:
         raise ValueError(f"{path}: no movies")
-    ids = _parse_column(path, rows, numbers, MOVIE_COLUMNS, 0, integer=True)
+    ids = _parse_column(path, rows, line_numbers, MOVIE_COLUMNS, 0, integer=True)
     first_line: Dict[int, int] = {}
-    for movie, number in zip(ids.tolist(), numbers):
+    for movie, number in zip(ids.tolist(), line_numbers):
         if movie in first_line:
             raise ValueError(f"{path}:{number}: duplicate MovieID {movie} (first on line {first_line[movie]})")
         first_line[movie] = number
@@ -127,10 +127,10 @@ def read_movies(path: Union[str, Path]) -> Tuple[np.ndarray, List[str], List[str
 
 def read_ratings(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``ratings.dat`` -> (user ids, movie ids, ratings float32, timestamps int64), each ``[n_events]``."""
-    rows, numbers = _read_dat(path, RATING_COLUMNS)
+    rows, line_numbers = _read_dat(path, RATING_COLUMNS)
     if not rows:
         raise ValueError(f"{path}: no ratings")
-    users, movies, ratings, timestamps = (_parse_column(path, rows, numbers, RATING_COLUMNS, k, integer=k != 2)
+    users, movies, ratings, timestamps = (_parse_column(path, rows, line_numbers, RATING_COLUMNS, k, integer=k != 2)
                                           for k in range(4))
     return users, movies, ratings.astype(np.float32), timestamps
 

@@ -356,14 +356,14 @@ def _as_budgets(row_budget: Union[None, int, Sequence[int]]) -> Optional[List[in
         return None
     if isinstance(row_budget, torch.Tensor) and row_budget.dim() == 0:
         row_budget = row_budget.item()
-    if isinstance(row_budget, (numbers.Integral, np.integer)) and not isinstance(row_budget, bool):
+    if isinstance(row_budget, numbers.Integral) and not isinstance(row_budget, bool):
         budgets = [int(row_budget)] * CAT_FEATURE_COUNT
     elif isinstance(row_budget, Iterable) and not isinstance(row_budget, (str, bytes)):
         budgets = list(row_budget)
         if len(budgets) != CAT_FEATURE_COUNT:
             raise ValueError(f"row_budget must be an int or a list of {CAT_FEATURE_COUNT} ints, got {len(budgets)}")
         bad = [(f, h) for f, h in enumerate(budgets)
-               if not isinstance(h, (numbers.Integral, np.integer)) or isinstance(h, bool)]
+               if not isinstance(h, numbers.Integral) or isinstance(h, bool)]
         if bad:
             raise TypeError(f"row_budget of feature {CAT_NAMES[bad[0][0]]} must be an int, got {bad[0][1]!r}")
         budgets = [int(h) for h in budgets]
