@@ -1,10 +1,15 @@
-"""Byte accounting of the VHPI chunk store, and the budget -> slot-capacity calculation.
+"""Byte accounting of the VHPI chunk store, and the budget -> capacity calculation.
 
-Per chunk slot the store pays: the chunk (4c bytes), its optimizer state (0 / 4c / 4 bytes), its key (8),
-its utility (4), hash buckets (4 bytes each, 1/max_load_factor per slot), and a free-stack entry (4 bytes) for
-the reserve share of slots (resizes defragment when more is freed, so the stack never outgrows the reserve). The
-fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table metadata. Nothing
-scales with the number of virtual rows: a 10^8-row table costs only what its live chunks cost.
+The store keeps a row's live chunks as one contiguous run of pool slots and indexes *rows*, not chunks:
+
+* per chunk slot: the chunk (4c bytes), its optimizer state (0 / 4c / 4 bytes) and its utility (4);
+* per stored row: its key (8), the first slot of its run (4), its live chunk count (1) and its hash buckets
+  (4 bytes each, 1/max_load_factor per row).
+
+So a whole row of D = 64 floats in chunks of 16 with row-wise Adagrad costs 4 x 72 + 21 = 309 bytes, and the
+same row stored whole (row pruning: one chunk of 64) 285 -- against 353 with a key and buckets per chunk, the
+layout before. The fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table
+metadata. Nothing scales with the number of virtual rows: a 10^8-row table costs only what its live rows cost.
 
 A full (dense) table costs ``rows x (4D + dense optimizer state per row)`` -- the baseline a budget fraction
 refers to, so "5%" means 5% of what TorchRec's fused table with the same optimizer would hold.
@@ -14,20 +19,23 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 from emb_opt.config import FiitedConfig, OptimizerType
 from emb_opt.hashed_init import MAX_COLUMNS
 
 FLOAT_BYTES = 4
 KEY_BYTES = 8
+SLOT_ID_BYTES = 4
+COUNT_BYTES = 1
 BUCKET_BYTES = 4
-FREE_LIST_BYTES = 4
 UTILITY_BYTES = 4
+MIN_BUCKETS = 16
+ENTRY_BYTES = KEY_BYTES + SLOT_ID_BYTES + COUNT_BYTES  # one row entry, without its buckets
 SKETCH_DEPTH = 2
 METADATA_BYTES_PER_TABLE = 8 + 4 + 4 + 8  # rows (int64), chunks (int32), init scale (float32), init salt (int64)
 METADATA_BYTES_PER_FEATURE = 4 + 8  # feature -> table (int32), first output column (int64)
-COUNTER_BYTES = 8 * 8
+COUNTER_BYTES = 8 * 12
 
 
 def full_table_bytes(rows: int, dim: int, optimizer: OptimizerType) -> int:
@@ -35,31 +43,63 @@ def full_table_bytes(rows: int, dim: int, optimizer: OptimizerType) -> int:
     return rows * (FLOAT_BYTES * dim + optimizer.dense_state_bytes_per_row(dim))
 
 
-def slot_bytes(config: FiitedConfig) -> float:
-    """Bytes one chunk slot costs, hash buckets included (at the maximal load factor)."""
+def slot_bytes(config: FiitedConfig) -> int:
+    """Bytes one chunk slot costs: the chunk, its optimizer state, its utility."""
     c = config.chunk_size
-    return (
-        FLOAT_BYTES * c
-        + FLOAT_BYTES * config.optimizer.state_width(c)
-        + KEY_BYTES
-        + UTILITY_BYTES
-        + FREE_LIST_BYTES * config.reserve_fraction
-        + BUCKET_BYTES / config.max_load_factor
-    )
+    return FLOAT_BYTES * c + FLOAT_BYTES * config.optimizer.state_width(c) + UTILITY_BYTES
 
 
-def num_buckets_for(slots: int, config: FiitedConfig) -> int:
-    return max(16, math.ceil(slots / config.max_load_factor))
+def row_bytes(config: FiitedConfig) -> float:
+    """Bytes one stored row costs on top of its chunks: its index entry and buckets (at the maximal load)."""
+    return ENTRY_BYTES + BUCKET_BYTES / config.max_load_factor
+
+
+def num_buckets_for(rows: int, config: FiitedConfig) -> int:
+    return max(MIN_BUCKETS, math.ceil(rows / config.max_load_factor))
 
 
 @dataclass
 class StorePlan:
+    """What a budget buys. ``variable_bytes(slots, rows)`` is what a pool of ``slots`` chunk slots and an index
+    of ``rows`` row entries allocate (buckets included); allocations always keep it within ``available_bytes``.
+    ``max_slots``: most chunk slots the pool can ever be allocated (with the smallest index); ``max_rows``: most
+    rows, reached when every row holds one chunk."""
+
     budget_bytes: int
     full_bytes: int
     max_slots: int
     sketch_width: int
     fixed_bytes: int
     bytes_per_slot: float
+    bytes_per_row: float = 0.0
+    max_rows: int = 0
+    available_bytes: int = 0
+    max_load_factor: float = 0.5
+
+    def variable_bytes(self, slots: int, rows: int) -> int:
+        buckets = max(MIN_BUCKETS, math.ceil(rows / self.max_load_factor))
+        return int(slots * self.bytes_per_slot + rows * ENTRY_BYTES + buckets * BUCKET_BYTES)
+
+    def fits(self, slots: int, rows: int) -> bool:
+        return self.variable_bytes(slots, rows) <= self.available_bytes
+
+    def fit(self, low: Tuple[int, int], high: Tuple[int, int]) -> Tuple[int, int]:
+        """The largest (slots, rows) on the segment from ``low`` towards ``high`` that fits the budget (``low``
+        itself if nothing more does; the caller makes sure ``low`` fits)."""
+        if self.fits(*high):
+            return high
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.fits(*_between(low, high, mid)):
+                lo = mid
+            else:
+                hi = mid
+        return _between(low, high, lo)
+
+
+def _between(low: Tuple[int, int], high: Tuple[int, int], f: float) -> Tuple[int, int]:
+    return (low[0] + int(math.floor((high[0] - low[0]) * f)), low[1] + int(math.floor((high[1] - low[1]) * f)))
 
 
 def resolve_budget(memory_budget: Union[int, float], full_bytes: int) -> int:
@@ -83,7 +123,7 @@ def resolve_budget(memory_budget: Union[int, float], full_bytes: int) -> int:
 
 def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: int, config: FiitedConfig,
                num_features: int = 0) -> StorePlan:
-    """How many chunk slots (and sketch cells) fit in ``budget_bytes``; raises if not even one slot does."""
+    """How many chunk slots and rows fit in ``budget_bytes``; raises if not even one row of one chunk does."""
     sketch_width = max(1, int(config.sketch_fraction * budget_bytes) // (SKETCH_DEPTH * FLOAT_BYTES))
     fixed = (
         SKETCH_DEPTH * sketch_width * FLOAT_BYTES
@@ -91,17 +131,30 @@ def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: 
         + METADATA_BYTES_PER_FEATURE * num_features
         + FLOAT_BYTES * max_chunks  # thresholds
         + COUNTER_BYTES
-        + 16 * BUCKET_BYTES  # the hash table's minimum size
-        + FREE_LIST_BYTES  # the reserve rounded up to a whole slot
     )
-    per_slot = slot_bytes(config)
-    max_slots = int((budget_bytes - fixed) // per_slot) if budget_bytes > fixed else 0
-    if max_slots < 1:
+    plan = StorePlan(budget_bytes, full_bytes, 0, sketch_width, fixed, slot_bytes(config), row_bytes(config), 0,
+                     max(0, budget_bytes - fixed), config.max_load_factor)
+    smallest = plan.variable_bytes(1, 1)
+    if not plan.fits(1, 1):
         raise ValueError(
             f"memory_budget of {budget_bytes} bytes is too small: the store needs {fixed} bytes of fixed overhead "
-            f"plus {per_slot:.0f} bytes per chunk slot, so at least {int(fixed + per_slot) + 1} bytes"
+            f"plus {smallest} bytes for one row of one chunk (its {plan.bytes_per_slot:.0f}-byte slot, its index "
+            f"entry and the smallest hash table), so at least {fixed + smallest} bytes"
         )
-    return StorePlan(budget_bytes, full_bytes, max_slots, sketch_width, fixed, per_slot)
+    plan.max_rows = _largest(lambda n: plan.fits(n, n))
+    plan.max_slots = _largest(lambda n: plan.fits(n, 1))
+    return plan
+
+
+def _largest(fits) -> int:
+    """The largest n >= 1 with fits(n) (fits is monotone and fits(1))."""
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def total_full_bytes(rows: Sequence[int], dims: Sequence[int], optimizer: OptimizerType) -> int:

@@ -1,35 +1,44 @@
 """The VHPI (virtually-hashed, physically-indexed) chunk store behind a FIITED embedding collection.
 
-One store holds every table of a collection. A virtual chunk (table t, row r, chunk k) is an int64 key
-(layout in ``cuda_ext/csrc/common/vhpi_key.h``); a hash table (``hash_buckets``, int32 slot ids, linear
-probing, bounded probe) maps it to a slot of a dense physical pool:
+One store holds every table of a collection. A row (table t, row r) is an int64 row key, and its chunk k the
+chunk key ``row key | k`` (layout in ``cuda_ext/csrc/common/vhpi_key.h``). A row's live chunks are a prefix
+0..k_r-1 (the missing tail reads as zeros), stored as one contiguous run of slots of a dense physical pool;
+a hash table (``hash_buckets``, int32 entry ids, linear probing, bounded probe) maps the row key to the row's
+index entry, which says where the run starts and how long it is:
 
-    pool_weights [S, c] float32   the chunks            slot_keys    [S] int64   key of each slot (-1 = free)
-    pool_state   [S, w] float32   optimizer state       slot_utility [S] float32 decayed utility
-    free_stack   [F]    int32     LIFO of freed slots   hash_buckets [H] int32   H = S / max_load_factor
+    pool_weights [S, c] float32   the chunks              entry_keys   [R] int64  row key of each entry (-1 = none)
+    pool_state   [S, w] float32   optimizer state         entry_first  [R] int32  first slot of the row's run
+    slot_utility [S]    float32   decayed utility         entry_chunks [R] int8   live chunks k_r (0 = none)
+    hash_buckets [H]    int32     H = R / max_load_factor
     sketch       [2, M] float32   count-min sketch of utilities of chunks that are *not* stored
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
 
-Slots are handed out from the free stack (last freed, first reused) and then from the never-used region above
-``counters['high_water']``; a resize that frees more than the reserve defragments (moves live chunks to the
-front), so the free stack never holds more than the reserve and costs 4 bytes x reserve, not 4 per slot.
-A row's live chunks are always a prefix 0..k_r-1; the missing tail reads as zeros. Nothing is O(#virtual
-rows): k_r is found by probing (``lookup``), so a 10^8-row table costs only its live chunks. The allocated
-capacity S never exceeds the budget's ``max_slots`` (grown x2 on demand, compacted when mostly empty), so
-allocated bytes -- not just live bytes -- stay within the memory budget at all times.
+Why rows and not chunks: every stored row is ~21 bytes of key, run and buckets, paid once, where keying every
+chunk paid 16 bytes per chunk (``emb_opt.budget``). Lookup probes once per row (``lookup``) and expands the run
+to the ``[U, Cmax]`` slot matrix the chunk-bag kernels take. Nothing is O(#virtual rows): a 10^8-row table costs
+only its live rows.
+
+Allocation is a bump allocator in both arrays (``counters['high_water']`` slots, ``counters['row_high_water']``
+entries used). A row that earns more chunks moves to a new run of the longer length at the high-water mark
+(its chunks, optimizer state and utilities go with it); the old run stays a hole until the next resize, which
+always compacts: live rows move to the front in key order and the arrays are re-sized to the live rows plus
+the reserve. Pool and index grow on demand (x1.5), always within the budget: allocated bytes -- not just live
+bytes -- stay within the memory budget at all times (``StorePlan.fits``).
 
 Admission (``admit``, training forwards): a touched row whose next chunk position k has sketch estimate
->= thresholds[k] gets chunks while free slots last -- before the first resize thresholds are 0, so rows get
-all their chunks on first touch while the budget allows. When free slots run short, the rows with the highest candidate
-utility are served first (ties in a pseudo-random order, so no table or feature is favoured); the others get
-no (more) chunks and read as zeros (counted in ``denied_admissions``, warned once) until a resize frees room.
-New chunks get a deterministic pseudo-random init (``emb_opt.hashed_init``: a hash of table name, row and column,
-uniform in +-init_scale of the table, TorchRec's default sqrt(1/rows); a re-admitted chunk starts again from
-the same values), zero optimizer state, and the row's candidate utility.
-Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resize``.
+>= thresholds[k] gets chunks while the budget lasts -- before the first resize thresholds are 0, so rows get
+all their chunks on first touch while the budget allows. When room runs short, the rows with the highest
+candidate utility are served first (ties in a pseudo-random order, so no table or feature is favoured); the
+others get no (more) chunks and read as zeros (counted in ``denied_admissions``, warned once) until a resize
+frees room. New chunks get a deterministic pseudo-random init (``emb_opt.hashed_init``: a hash of table name,
+row and column, uniform in +-init_scale of the table, TorchRec's default sqrt(1/rows); a re-admitted chunk
+starts again from the same values), zero optimizer state, and the row's candidate utility.
+Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resize``; checkpoints of the older
+chunk-keyed layout are converted on load (``emb_opt.legacy_store``).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Dict, List, Tuple
 
@@ -43,14 +52,17 @@ from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
 
 # counters[...] indices (an int64 buffer so that checkpoints carry them)
-STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS, LAST_RESIZE_STEP, DENIED_AT_LAST_RESIZE = range(10)
+(STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS, LAST_RESIZE_STEP,
+ DENIED_AT_LAST_RESIZE, ROW_HIGH_WATER, RELOCATED_ROWS) = range(12)  # fmt: skip
 COUNTER_NAMES = ["step", "high_water", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
-                 "hash_rebuilds", "compactions", "last_resize_step", "denied_at_last_resize"]  # fmt: skip
+                 "hash_rebuilds", "compactions", "last_resize_step", "denied_at_last_resize", "row_high_water",
+                 "relocated_rows"]  # fmt: skip
 _SKETCH_SEEDS = (101, 202)
+_GROWTH = 1.5
 
 
 class VhpiChunkStore(nn.Module):
-    """Chunk pool + hash table + free list + utility sketch for the tables of one collection."""
+    """Chunk pool + row index + utility sketch for the tables of one collection."""
 
     def __init__(
         self,
@@ -71,21 +83,27 @@ class VhpiChunkStore(nn.Module):
         self._refuse_next_load = False  # set by the owning collection when it refuses a checkpoint
         c = config.chunk_size
         width = config.optimizer.state_width(c)
-        capacity = min(plan.max_slots, config.initial_capacity)
+        slots, rows = self.initial_capacities()
         kw = dict(device=device)
         self.register_buffer("table_rows", torch.tensor(table_rows, dtype=torch.int64, **kw))
         self.register_buffer("table_chunks", torch.tensor(table_chunks, dtype=torch.int32, **kw))
         self.register_buffer("init_scale", torch.tensor(init_scales, dtype=torch.float32, **kw))
         self.register_buffer("table_salt", torch.tensor([name_salt(n) for n in table_names], dtype=torch.int64, **kw))
-        self.register_buffer("pool_weights", torch.zeros(capacity, c, **kw))
-        self.register_buffer("pool_state", torch.zeros(capacity, width, **kw))
-        self.register_buffer("slot_keys", torch.full((capacity,), -1, dtype=torch.int64, **kw))
-        self.register_buffer("slot_utility", torch.zeros(capacity, **kw))
-        self.register_buffer("free_stack", torch.zeros(0, dtype=torch.int32, **kw))
-        self.register_buffer("hash_buckets", torch.full((num_buckets_for(capacity, config),), -1, dtype=torch.int32, **kw))
+        self.register_buffer("pool_weights", torch.zeros(slots, c, **kw))
+        self.register_buffer("pool_state", torch.zeros(slots, width, **kw))
+        self.register_buffer("slot_utility", torch.zeros(slots, **kw))
+        self.register_buffer("entry_keys", torch.full((rows,), -1, dtype=torch.int64, **kw))
+        self.register_buffer("entry_first", torch.zeros(rows, dtype=torch.int32, **kw))
+        self.register_buffer("entry_chunks", torch.zeros(rows, dtype=torch.int8, **kw))
+        self.register_buffer("hash_buckets", torch.full((num_buckets_for(rows, config),), -1, dtype=torch.int32, **kw))
         self.register_buffer("sketch", torch.zeros(SKETCH_DEPTH, plan.sketch_width, **kw))
         self.register_buffer("thresholds", torch.zeros(self.max_chunks, **kw))
         self.register_buffer("counters", torch.zeros(len(COUNTER_NAMES), dtype=torch.int64, **kw))
+
+    def initial_capacities(self) -> Tuple[int, int]:
+        """(slots, rows) allocated at start: ``initial_capacity`` slots and rows for them whole, within budget."""
+        slots = max(1, min(self.config.initial_capacity, self.plan.max_slots))
+        return self.plan.fit((1, 1), (slots, max(1, math.ceil(slots / self.max_chunks))))
 
     def _apply(self, fn, recurse=True):
         """Device moves apply; dtype casts (``.half()``, ``.double()``, ``.to(torch.bfloat16)``) do not: the pool,
@@ -99,15 +117,28 @@ class VhpiChunkStore(nn.Module):
     # ---- sizes ------------------------------------------------------------------------------------
     @property
     def capacity(self) -> int:
-        return self.slot_keys.numel()
+        """Allocated chunk slots."""
+        return self.pool_weights.shape[0]
+
+    @property
+    def row_capacity(self) -> int:
+        """Allocated row entries."""
+        return self.entry_keys.numel()
 
     @property
     def num_free(self) -> int:
-        return self.free_stack.numel() + self.capacity - int(self.counters[HIGH_WATER])
+        """Slots above the high-water mark (holes left by moved rows are reclaimed by the next resize)."""
+        return self.capacity - int(self.counters[HIGH_WATER])
 
     @property
     def num_live(self) -> int:
-        return self.capacity - self.num_free
+        """Live chunks."""
+        return int(self.entry_chunks.sum())
+
+    @property
+    def num_rows(self) -> int:
+        """Rows holding at least one chunk."""
+        return int((self.entry_chunks > 0).sum())
 
     @property
     def step(self) -> int:
@@ -124,7 +155,7 @@ class VhpiChunkStore(nn.Module):
         return {
             "weights": nbytes(self.pool_weights),
             "optimizer": nbytes(self.pool_state),
-            "index": nbytes(self.slot_keys, self.hash_buckets, self.free_stack),
+            "index": nbytes(self.entry_keys, self.entry_first, self.entry_chunks, self.hash_buckets),
             "utility": nbytes(self.slot_utility, self.sketch),
             "metadata": nbytes(self.table_rows, self.table_chunks, self.init_scale, self.table_salt, self.thresholds,
                                self.counters),
@@ -138,20 +169,30 @@ class VhpiChunkStore(nn.Module):
         """Chunks per row (C_t of each row's table), int32 [U]."""
         return self.table_chunks[key_table(row_keys)]
 
+    def find_entries(self, row_keys: torch.Tensor) -> torch.Tensor:
+        """Index entry of each row, int64 [U] (-1 for rows without chunks): one probe per row."""
+        ones = torch.ones(row_keys.numel(), dtype=torch.int32, device=row_keys.device)
+        return ops.vhpi_lookup(self.hash_buckets, self.entry_keys, row_keys, ones, 1, self.config.max_probe)[:, 0].to(torch.int64)
+
     def lookup(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Live chunk slots of each row: int32 [U, max_chunks], -1 past the live prefix."""
-        return ops.vhpi_lookup(self.hash_buckets, self.slot_keys, row_keys, self.chunks_of(row_keys),
-                               self.max_chunks, self.config.max_probe)
+        return run_slots(self.find_entries(row_keys), self.entry_first, self.entry_chunks, self.max_chunks)
+
+    def live_rows(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(entries, row keys, chunk counts) of every stored row, sorted by row key."""
+        entries = (self.entry_chunks > 0).nonzero().reshape(-1)
+        keys = self.entry_keys[entries]
+        order = torch.argsort(keys)
+        entries = entries[order]
+        return entries, keys[order], self.entry_chunks[entries].to(torch.int64)
 
     def live_keys(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(slots, keys) of every live chunk, sorted by key (rows together, chunks in order)."""
-        slots = (self.slot_keys >= 0).nonzero().reshape(-1)
-        keys = self.slot_keys[slots]
-        order = torch.argsort(keys)
-        return slots[order], keys[order]
+        """(slots, chunk keys) of every live chunk, sorted by key (rows together, chunks in order)."""
+        entries, keys, counts = self.live_rows()
+        return _expand_runs(self.entry_first[entries].to(torch.int64), keys, counts)
 
     def active_chunks(self, table: int, rows: torch.Tensor) -> torch.Tensor:
-        """Live chunk count k_r of the given rows of ``table`` (derived by probing; nothing per row is stored)."""
+        """Live chunk count k_r of the given rows of ``table``."""
         from cuda_ext.reference.vhpi import pack_row_key
 
         keys = pack_row_key(torch.full_like(rows, table, dtype=torch.int64), rows.to(torch.int64))
@@ -180,64 +221,62 @@ class VhpiChunkStore(nn.Module):
             self.sketch[depth].index_add_(0, cells, -amounts.to(self.sketch.dtype))
             self.sketch[depth][cells] = self.sketch[depth][cells].clamp(min=0)
 
-    # ---- slots -------------------------------------------------------------------------------------
-    def _pop(self, n: int) -> torch.Tensor:
-        """``n`` free slots: the most recently freed first, then never-used ones (caller checked ``num_free``)."""
-        reused = min(n, self.free_stack.numel())
-        taken = self.free_stack[self.free_stack.numel() - reused :].flip(0)
-        self.free_stack = self.free_stack[: self.free_stack.numel() - reused].clone()
-        high = int(self.counters[HIGH_WATER])
-        fresh = torch.arange(high, high + n - reused, dtype=torch.int32, device=self.free_stack.device)
-        self.counters[HIGH_WATER] = high + n - reused
-        return torch.cat([taken, fresh])
+    # ---- allocation ----------------------------------------------------------------------------------
+    def ensure_free(self, slots: int, rows: int = 0) -> Tuple[int, int]:
+        """Re-size pool and index so that ``slots`` slots and ``rows`` entries are free above the high-water
+        marks, as far as the budget allows (an array that needs more grows x1.5; the other may give back room
+        it does not use); returns (free slots, free entries)."""
+        used = (int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER]))
+        have = (self.capacity, self.row_capacity)
+        need = (used[0] + slots, used[1] + rows)
+        if need[0] > have[0] or need[1] > have[1]:
+            keep = (max(have[0], need[0]), max(have[1], need[1]))
+            roomy = tuple(max(n, math.ceil(h * _GROWTH)) if n > h else h for n, h in zip(need, have))
+            if self.plan.fits(*keep):
+                target = self.plan.fit(keep, roomy)
+            elif self.plan.fits(*need):
+                target = self.plan.fit(need, keep)
+            else:  # not all of it: share what the budget holds in proportion to the need
+                target = self.plan.fit((min(have[0], need[0]), min(have[1], need[1])), need)
+            self._reallocate(*target)
+        return self.capacity - used[0], self.row_capacity - used[1]
 
-    def release(self, slots: torch.Tensor) -> None:
-        """Free ``slots`` (push on the LIFO free list, clear key/state/utility). The caller rebuilds the hash."""
-        if slots.numel() == 0:
-            return
-        self.free_stack = torch.cat([self.free_stack, slots.to(torch.int32)])
-        self.slot_keys[slots] = -1
-        self.slot_utility[slots] = 0
-        self.pool_state[slots] = 0
-        self.pool_weights[slots] = 0
+    def _reallocate(self, slots: int, rows: int) -> None:
+        """Re-size the pool to ``slots`` slots and the index to ``rows`` entries, keeping their contents (never
+        below the high-water marks)."""
+        def resized(t: torch.Tensor, n: int, fill: int) -> torch.Tensor:
+            if t.shape[0] == n:
+                return t
+            if t.shape[0] > n:
+                return t[:n].clone()
+            return torch.cat([t, t.new_full((n - t.shape[0],) + tuple(t.shape[1:]), fill)])
 
-    def _grow(self, capacity: int) -> None:
-        old = self.capacity
-        extra = capacity - old
-        c = self.config.chunk_size
-        dev = self.pool_weights.device
-        self.pool_weights = torch.cat([self.pool_weights, torch.zeros(extra, c, device=dev)])
-        self.pool_state = torch.cat([self.pool_state, torch.zeros(extra, self.pool_state.shape[1], device=dev)])
-        self.slot_keys = torch.cat([self.slot_keys, torch.full((extra,), -1, dtype=torch.int64, device=dev)])
-        self.slot_utility = torch.cat([self.slot_utility, torch.zeros(extra, device=dev)])
-        self.rebuild_hash()
+        slots = max(slots, int(self.counters[HIGH_WATER]))
+        rows = max(rows, int(self.counters[ROW_HIGH_WATER]))
+        self.pool_weights = resized(self.pool_weights, slots, 0)
+        self.pool_state = resized(self.pool_state, slots, 0)
+        self.slot_utility = resized(self.slot_utility, slots, 0)
+        if rows != self.row_capacity:
+            self.entry_keys = resized(self.entry_keys, rows, -1)
+            self.entry_first = resized(self.entry_first, rows, 0)
+            self.entry_chunks = resized(self.entry_chunks, rows, 0)
+            self.rebuild_hash()
 
-    def ensure_free(self, n: int) -> int:
-        """Grow (x2, up to the budget's max_slots) until ``n`` slots are free if possible; returns #free."""
-        if self.num_free >= n or self.capacity >= self.plan.max_slots:
-            return self.num_free
-        need = self.num_live + n
-        capacity = self.capacity
-        while capacity < need:
-            capacity *= 2
-        self._grow(min(capacity, self.plan.max_slots))
-        return self.num_free
-
-    def rebuild_hash(self, num_buckets: int = 0) -> None:
-        """Re-insert every live key into a fresh bucket array sized for the capacity (drops deleted keys)."""
-        num_buckets = num_buckets or num_buckets_for(self.capacity, self.config)
-        buckets = ops.vhpi_rebuild(self.slot_keys, num_buckets, self.config.max_probe)
+    def rebuild_hash(self) -> None:
+        """Re-insert every stored row into a fresh bucket array sized for the index's capacity."""
+        num_buckets = num_buckets_for(self.row_capacity, self.config)
+        buckets = ops.vhpi_rebuild(self.entry_keys, num_buckets, self.config.max_probe)
         if buckets.numel() == 0:
             raise RuntimeError(
-                f"VHPI hash table: a key found no free bucket within max_probe={self.config.max_probe} at load "
-                f"{self.num_live / num_buckets:.2f}; raise FiitedConfig.max_probe or lower max_load_factor"
+                f"VHPI hash table: a row key found no free bucket within max_probe={self.config.max_probe} at load "
+                f"{self.num_rows / num_buckets:.2f}; raise FiitedConfig.max_probe or lower max_load_factor"
             )
         self.hash_buckets = buckets
         self.counters[HASH_REBUILDS] += 1
 
-    def _insert(self, slots: torch.Tensor) -> None:
-        inserted = ops.vhpi_insert_(self.hash_buckets, self.slot_keys, slots, self.config.max_probe)
-        if inserted < slots.numel():  # a long probe run: rebuilding in slot order places keys afresh
+    def _insert(self, entries: torch.Tensor) -> None:
+        inserted = ops.vhpi_insert_(self.hash_buckets, self.entry_keys, entries.to(torch.int32), self.config.max_probe)
+        if inserted < entries.numel():  # a long probe run: rebuilding places keys afresh
             self.rebuild_hash()
 
     def _init_chunks(self, keys: torch.Tensor) -> torch.Tensor:
@@ -249,12 +288,52 @@ class VhpiChunkStore(nn.Module):
         return hashed_values(self.table_salt[tables], key_row(keys), columns, self.init_scale[tables],
                              self.config.init_seed)
 
-    def write_chunks(self, slots: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, utility: torch.Tensor) -> None:
-        self.slot_keys[slots] = keys
-        self.pool_weights[slots] = weights
-        self.pool_state[slots] = 0
-        self.slot_utility[slots] = utility
-        self._insert(slots.to(torch.int32))
+    def append_rows(self, row_keys: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor,
+                    utility: torch.Tensor) -> None:
+        """Store new rows (not stored yet) with ``counts`` [n] chunks each, whose chunks ``weights``
+        [sum counts, c] and ``utility`` [sum counts] come row by row; the caller made room (``ensure_free``)."""
+        n, total = row_keys.numel(), int(counts.sum())
+        if n == 0:
+            return
+        first_slot, first_entry = int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER])
+        entries = torch.arange(first_entry, first_entry + n, device=row_keys.device)
+        self.entry_keys[entries] = row_keys
+        self.entry_first[entries] = (first_slot + torch.cumsum(counts, 0) - counts).to(torch.int32)
+        self.entry_chunks[entries] = counts.to(torch.int8)
+        run = slice(first_slot, first_slot + total)
+        self.pool_weights[run] = weights
+        self.pool_state[run] = 0
+        self.slot_utility[run] = utility
+        self.counters[HIGH_WATER] = first_slot + total
+        self.counters[ROW_HIGH_WATER] = first_entry + n
+        self._insert(entries)
+
+    def compact(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
+        """Keep only the chunks ``slots`` (keys ``keys``, sorted, prefix-closed rows): move them to the front in
+        key order, re-size pool and index to them plus the reserve, rebuild the hash table."""
+        n = keys.numel()
+        row_keys, counts = torch.unique_consecutive(keys & ~(MAX_CHUNKS - 1), return_counts=True)
+        r = row_keys.numel()
+        reserve = self.config.reserve_fraction / (1.0 - self.config.reserve_fraction)
+        start = self.initial_capacities()
+        roomy = (max(start[0], n + math.ceil(n * reserve)), max(start[1], r + math.ceil(r * reserve)))
+        capacity, row_capacity = self.plan.fit((max(n, 1), max(r, 1)), roomy)
+        dev = self.pool_weights.device
+        weights = torch.zeros(capacity, self.pool_weights.shape[1], device=dev)
+        state = torch.zeros(capacity, self.pool_state.shape[1], device=dev)
+        utility = torch.zeros(capacity, device=dev)
+        weights[:n], state[:n], utility[:n] = self.pool_weights[slots], self.pool_state[slots], self.slot_utility[slots]
+        self.pool_weights, self.pool_state, self.slot_utility = weights, state, utility
+        self.entry_keys = torch.full((row_capacity,), -1, dtype=torch.int64, device=dev)
+        self.entry_first = torch.zeros(row_capacity, dtype=torch.int32, device=dev)
+        self.entry_chunks = torch.zeros(row_capacity, dtype=torch.int8, device=dev)
+        self.entry_keys[:r] = row_keys
+        self.entry_first[:r] = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+        self.entry_chunks[:r] = counts.to(torch.int8)
+        self.counters[HIGH_WATER] = n
+        self.counters[ROW_HIGH_WATER] = r
+        self.counters[COMPACTIONS] += 1
+        self.rebuild_hash()
 
     # ---- admission ---------------------------------------------------------------------------------
     def admit(self, row_keys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -273,47 +352,90 @@ class VhpiChunkStore(nn.Module):
         wanted = (torch.minimum(earned, chunks[wanting]) - live[wanting]).clamp(min=0)
         keep = wanted > 0
         rows, wanted, estimate = wanting[keep], wanted[keep], estimate[keep]
-        total = int(wanted.sum())
-        if total == 0:
+        if rows.numel() == 0:
             return slots
-        free = self.ensure_free(total)
+        have = live[rows]
+        need_slots = have + wanted  # a row that grows moves to a new run of its new length
+        need_rows = (have == 0).to(torch.int64)
+        free_slots, free_rows = self.ensure_free(int(need_slots.sum()), int(need_rows.sum()))
         granted = wanted
-        if free < total:  # not enough room: highest candidate utility first, ties in a pseudo-random order
-            order = torch.argsort(ops.mix_hash(row_keys[rows], 1 << 62, self.step))  # the tie order
+        if free_slots < int(need_slots.sum()) or free_rows < int(need_rows.sum()):
+            # not enough room: highest candidate utility first, ties in a pseudo-random order
+            order = torch.argsort(ops.mix_hash(row_keys[rows], 1 << 62, self.step))
             order = order[torch.argsort(estimate[order], descending=True, stable=True)]
-            rows, wanted, estimate = rows[order], wanted[order], estimate[order]
-            before = torch.cumsum(wanted, 0) - wanted
-            granted = (free - before).clamp(min=0).minimum(wanted)
-            self.counters[DENIED] += total - free
+            rows, wanted, estimate, have = rows[order], wanted[order], estimate[order], have[order]
+            need_slots, need_rows = need_slots[order], need_rows[order]
+            fits = (torch.cumsum(need_slots, 0) <= free_slots) & (torch.cumsum(need_rows, 0) <= free_rows)
+            whole = int(fits.sum())  # a prefix: both sums only grow
+            granted = torch.where(fits, wanted, torch.zeros_like(wanted))
+            if whole < rows.numel():  # the first row that does not fit whole gets what is left
+                left_slots = free_slots - int(need_slots[:whole].sum())
+                if free_rows - int(need_rows[:whole].sum()) >= int(need_rows[whole]):
+                    granted[whole] = max(0, min(int(wanted[whole]), left_slots - int(have[whole])))
+            denied = int(wanted.sum() - granted.sum())
+            self.counters[DENIED] += denied
             if not self._warned_full:
                 self._warned_full = True
                 warnings.warn(
-                    f"FIITED store full ({self.capacity} chunk slots = the memory budget): {total - free} chunk(s) "
-                    "of rows in this batch got no slot and read as zeros until a resize frees room. "
-                    "(Warned once; see counters['denied_admissions'].)",
+                    f"FIITED store full ({self.capacity} chunk slots and {self.row_capacity} rows = the memory "
+                    f"budget): {denied} chunk(s) of rows in this batch got no room and read as zeros until a resize "
+                    "frees room. (Warned once; see counters['denied_admissions'].)",
                     RuntimeWarning,
                     stacklevel=3,
                 )
-        count = int(granted.sum())
-        if count == 0:
-            return slots
-        owner = torch.repeat_interleave(rows, granted)
-        first = torch.cumsum(granted, 0) - granted
-        within = torch.arange(count, device=slots.device) - torch.repeat_interleave(first, granted)
-        position = live[owner] + within
-        new_slots = self._pop(count)
-        keys = row_keys[owner] + position
-        self.write_chunks(new_slots.to(torch.int64), keys, self._init_chunks(keys), torch.repeat_interleave(estimate, granted))
-        slots[owner, position] = new_slots
         got = granted > 0
-        self.sketch_forget(row_keys[rows[got]], estimate[got])
-        self.counters[ADMITTED] += count
+        if not bool(got.any()):
+            return slots
+        rows, granted, estimate, have = rows[got], granted[got], estimate[got], have[got]
+        self._place(row_keys, slots, rows, have, granted, estimate)
+        self.sketch_forget(row_keys[rows], estimate)
+        self.counters[ADMITTED] += int(granted.sum())
         return slots
+
+    def _place(self, row_keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, have: torch.Tensor,
+               granted: torch.Tensor, estimate: torch.Tensor) -> None:
+        """Give batch rows ``rows`` (holding ``have`` chunks) ``granted`` more: each gets a new run at the
+        high-water mark; rows that had chunks move there; ``slots`` is updated in place."""
+        length = have + granted
+        first = int(self.counters[HIGH_WATER]) + torch.cumsum(length, 0) - length
+        position = torch.arange(self.max_chunks, device=slots.device)
+        moving = have > 0
+        if bool(moving.any()):
+            within = position < have[moving].unsqueeze(1)
+            source = slots[rows[moving]][within].to(torch.int64)
+            target = (first[moving].unsqueeze(1) + position)[within]
+            for pool in (self.pool_weights, self.pool_state, self.slot_utility):
+                pool[target] = pool[source]
+                pool[source] = 0
+            entries = self.find_entries(row_keys[rows[moving]])
+            self.entry_first[entries] = first[moving].to(torch.int32)
+            self.entry_chunks[entries] = length[moving].to(torch.int8)
+            self.counters[RELOCATED_ROWS] += int(moving.sum())
+        new = ~moving
+        if bool(new.any()):
+            start = int(self.counters[ROW_HIGH_WATER])
+            entries = torch.arange(start, start + int(new.sum()), device=slots.device)
+            self.entry_keys[entries] = row_keys[rows[new]]
+            self.entry_first[entries] = first[new].to(torch.int32)
+            self.entry_chunks[entries] = length[new].to(torch.int8)
+            self.counters[ROW_HIGH_WATER] = start + entries.numel()
+            self._insert(entries)
+        owner = torch.repeat_interleave(torch.arange(rows.numel(), device=slots.device), granted)
+        within = torch.arange(owner.numel(), device=slots.device) - torch.repeat_interleave(torch.cumsum(granted, 0) - granted, granted)
+        chunk = have[owner] + within
+        new_slots = first[owner] + chunk
+        keys = row_keys[rows[owner]] + chunk
+        self.pool_weights[new_slots] = self._init_chunks(keys)
+        self.pool_state[new_slots] = 0
+        self.slot_utility[new_slots] = estimate[owner]
+        self.counters[HIGH_WATER] += int(length.sum())
+        run = first.unsqueeze(1) + position
+        slots[rows] = torch.where(position < length.unsqueeze(1), run, torch.full_like(run, -1)).to(torch.int32)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def checkpoint_problems(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> List[str]:
         """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into this store, if they
-        cannot: other tables, chunk size or optimizer, or more slots / another sketch than this budget has."""
+        cannot: other tables, chunk size or optimizer, or more than this budget holds / another sketch."""
         def entry(name: str):
             return state_dict.get(prefix + name)
 
@@ -324,7 +446,7 @@ class VhpiChunkStore(nn.Module):
                         f"{getattr(self, name).tolist()} (tables {self.table_names})"]
         problems = []
         c, width = self.config.chunk_size, self.config.optimizer.state_width(self.config.chunk_size)
-        weights, state, keys, sketch = entry("pool_weights"), entry("pool_state"), entry("slot_keys"), entry("sketch")
+        weights, state, keys, sketch = entry("pool_weights"), entry("pool_state"), entry("entry_keys"), entry("sketch")
         if weights is not None and (weights.dim() != 2 or weights.shape[1] != c):
             problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(weights.shape)[1:]} do not match "
                             f"this module's chunk_size {c}")
@@ -332,10 +454,10 @@ class VhpiChunkStore(nn.Module):
             problems.append(f"{prefix}pool_state: checkpoint optimizer state has {tuple(state.shape)[1:]} floats per chunk; "
                             f"this module's optimizer {self.config.optimizer.value!r} keeps {width} -- build it with "
                             "the checkpoint's optimizer")
-        if keys is not None and keys.numel() > self.plan.max_slots:
-            problems.append(f"{prefix}slot_keys: the checkpoint holds {keys.numel()} chunk slots, more than this "
-                            f"module's memory budget ({self.plan.budget_bytes} bytes) allows ({self.plan.max_slots}) -- "
-                            "build it with the checkpoint's memory_budget")
+        if weights is not None and keys is not None and not self.plan.fits(weights.shape[0], keys.numel()):
+            problems.append(f"{prefix}pool_weights: the checkpoint holds {weights.shape[0]} chunk slots and "
+                            f"{keys.numel()} rows, more than this module's memory budget ({self.plan.budget_bytes} "
+                            "bytes) allows -- build it with the checkpoint's memory_budget")
         if sketch is not None and tuple(sketch.shape) != tuple(self.sketch.shape):
             problems.append(f"{prefix}sketch: the checkpoint's utility sketch is {tuple(sketch.shape)}, this module's "
                             f"{tuple(self.sketch.shape)}: it was saved under another memory_budget (this one: "
@@ -343,6 +465,9 @@ class VhpiChunkStore(nn.Module):
         return problems
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        from emb_opt.legacy_store import convert_chunk_keyed_checkpoint
+
+        convert_chunk_keyed_checkpoint(state_dict, prefix, self.config)  # the older chunk-keyed layout, in place
         # nothing is changed unless the whole checkpoint fits (a refused load leaves the training state intact)
         problems = self.checkpoint_problems(state_dict, prefix)
         refused, self._refuse_next_load = self._refuse_next_load, False
@@ -355,7 +480,21 @@ class VhpiChunkStore(nn.Module):
             if key in state_dict and buffer is not None and state_dict[key].shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if self.counters.numel() < len(COUNTER_NAMES):  # a checkpoint from before the pressure-resize counters
-            old = self.counters.numel()
-            self.counters = torch.cat([self.counters, self.counters.new_zeros(len(COUNTER_NAMES) - old)])
-            self.counters[DENIED_AT_LAST_RESIZE] = self.counters[DENIED]  # denials before the load are not pressure
+
+
+def run_slots(entries: torch.Tensor, entry_first: torch.Tensor, entry_chunks: torch.Tensor, max_chunks: int) -> torch.Tensor:
+    """The slot matrix int32 [U, max_chunks] of rows found at index ``entries`` [U] (-1: not stored): row u's
+    chunk k is at ``entry_first[e] + k`` for k < ``entry_chunks[e]``, -1 elsewhere."""
+    found = entries >= 0
+    safe = entries.clamp(min=0)
+    count = torch.where(found, entry_chunks[safe].to(torch.int32), 0)
+    position = torch.arange(max_chunks, dtype=torch.int32, device=entries.device)
+    slots = entry_first[safe].unsqueeze(1) + position
+    return torch.where(position < count.unsqueeze(1), slots, torch.full_like(slots, -1))
+
+
+def _expand_runs(first: torch.Tensor, row_keys: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(slots, chunk keys) of rows whose ``counts`` chunks lie at ``first``, ``first + 1``, ... (row by row)."""
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    within = torch.arange(owner.numel(), device=counts.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return first[owner] + within, row_keys[owner] + within

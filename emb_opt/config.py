@@ -1,11 +1,11 @@
 """Options of the FIITED embedding-dimension optimizer, and parsing of the optimizer names users pass.
 
 Every knob the design exposes is here with the reason for its default:
-* ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line). Every
-  chunk pays ~24 bytes of index, utility and optimizer state (37% of a 16-float chunk, 19% of a 32-float one),
-  so finer chunks only pay off where rows really want different dimensions: on the synthetic Criteo data (five
-  seeds, common random numbers; README), where rows stay whole, c = 32 beats c = 16 at 5% of the bytes by
-  0.0003 +- 0.0001 AUC and ties whole-row pruning (+0.0001 +- 0.0001; c = 16: -0.0002 +- 0.0001).
+* ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line). A chunk
+  pays 8 bytes besides its floats (utility, row-wise Adagrad state) and a stored row 21 (key, run, buckets),
+  so a whole D = 64 row costs 309 bytes at c = 16, 293 at c = 32 and 285 as one chunk. On the synthetic Criteo
+  data (five seeds, common random numbers; README), where rows stay whole, c = 32 and c = 16 are within
+  0.0003 AUC of each other at 5% and 1% of the bytes, and both tie whole-row pruning.
 * ``optimizer``: fused sparse optimizer on the chunk pool -- "sgd", "adagrad", "rowwise_adagrad" (TorchRec's
   and FBGEMM's default; one accumulator per row, in the slot of chunk 0, as EXACT_ROWWISE_ADAGRAD: a float is
   allocated per slot, so chunks after the first carry 4 unused bytes). TorchRec / FBGEMM spellings
@@ -20,7 +20,7 @@ Every knob the design exposes is here with the reason for its default:
   in its first steps serves whichever rows came first and reads every other row as zeros until
   ``warmup_steps``: on the synthetic Criteo data at 1%, 300 steps with the default 1000-step warm-up lost 0.047
   AUC against a resize schedule.
-* ``reserve_fraction``: share of the slot budget a resize leaves free for rows admitted until the next one.
+* ``reserve_fraction``: share of the budget a resize leaves free for rows admitted until the next one.
 * ``threshold_mode``: "global" -- one utility threshold for every chunk position (the top chunks by utility
   fill the budget) -- or "per_position" -- utilities are first divided by their chunk position's mean, so each
   position gets its own threshold ``theta_k = theta * mean_k``.
@@ -29,10 +29,10 @@ Every knob the design exposes is here with the reason for its default:
 * ``prefix_dropout`` p: in each training step a row uses only a random prefix of its chunks with probability
   p (nested, Matryoshka-style dropout), so leading chunks carry most of a row's information and truncating a
   row costs less; 0 = off.
-* hash table: ``max_load_factor`` (buckets = slots / load) and ``max_probe`` (linear-probe bound). The longest
-  probe run of linear probing grows like ``ln(n) / (a - 1 - ln a)`` at load a: ~56 buckets for 5e4 keys and ~95
-  for 1e8 at a = 0.5, but ~290 for 5e4 keys at 0.75 -- so 0.5 with a bound of 128 (4 bytes of buckets per
-  chunk more than at 0.75, and no insert ever fails in practice).
+* hash table (over stored rows): ``max_load_factor`` (buckets = row entries / load) and ``max_probe``
+  (linear-probe bound). The longest probe run of linear probing grows like ``ln(n) / (a - 1 - ln a)`` at load
+  a: ~56 buckets for 5e4 keys and ~95 for 1e8 at a = 0.5, but ~290 for 5e4 keys at 0.75 -- so 0.5 with a bound
+  of 128 (~2.7 bytes of buckets per row more than at 0.75, and no insert ever fails in practice).
 * ``sketch_fraction``: share of the budget for the count-min sketch that remembers the utility of rows or
   chunks that are not stored (so they can be re-admitted when they earn it).
 """
@@ -116,8 +116,8 @@ class FiitedConfig:
     max_load_factor: float = 0.5
     max_probe: int = 128
     sketch_fraction: float = 0.05
-    initial_capacity: int = 1 << 16  # slots allocated at start (grows x2 up to the budget)
-    compaction_threshold: float = 0.5  # compact when live slots < this x allocated slots
+    initial_capacity: int = 1 << 16  # slots allocated at start (grows x1.5 up to the budget)
+    compaction_threshold: float = 0.5  # unused since every resize compacts (emb_opt.resize); kept so configs load
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -3,19 +3,18 @@
 Without utilities measured yet, chunk magnitude is the prior: every chunk of every row is scored by its L2
 norm relative to the mean chunk norm of its table (tables are initialised at different scales -- TorchRec's
 default is ``sqrt(1/rows)`` -- so raw norms would hand the whole budget to the smallest tables), made
-prefix-monotone along the row (``min`` over chunks 0..k), and the top ``(1 - reserve_fraction)``
-share of the slot budget is imported with zero optimizer state and zero utility -- so chunks that training
+prefix-monotone along the row (``min`` over chunks 0..k), and the top chunks are imported while their
+bytes (slots, and an index entry per row) fit ``(1 - reserve_fraction)`` of the budget, with zero optimizer state and zero utility -- so chunks that training
 then never touches are the first a resize prunes. With a budget that holds everything, the import is exact.
 """
 from __future__ import annotations
 
 from typing import Dict, TYPE_CHECKING
 
-import math
 import torch
 
-from cuda_ext.reference.vhpi import pack_row_key
-from emb_opt.resize import effective_utility
+from cuda_ext.reference.vhpi import MAX_CHUNKS, pack_row_key
+from emb_opt.resize import effective_utility, target_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
@@ -46,11 +45,14 @@ def import_dense_weights(collection: "FiitedEmbeddingBagCollection", weights: Di
     keys = torch.cat(all_keys)
     chunks = torch.cat(all_chunks)
     score = effective_utility(keys, torch.cat(all_scores), store.max_chunks)  # keys are sorted already
-    target = min(keys.numel(), int(math.floor(store.plan.max_slots * (1.0 - collection.config.reserve_fraction))))
-    order = torch.argsort(score, descending=True, stable=True)[:target]
-    order = order.sort().values  # back to key order: rows together
-    free = store.ensure_free(order.numel())
-    order = order[:free]
-    slots = store._pop(order.numel()).to(torch.int64)
-    store.write_chunks(slots, keys[order], chunks[order].to(store.pool_weights.device), torch.zeros(order.numel()))
+    cost = store.plan.bytes_per_slot + ((keys & (MAX_CHUNKS - 1)) == 0).to(torch.float64) * store.plan.bytes_per_row
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[: int((torch.cumsum(cost[order], 0) <= target_bytes(store)).sum())]
+    order = order.sort().values  # back to key order: rows together, chunks in order (prefix-closed by the min)
+    row_keys, counts = torch.unique_consecutive(keys[order] & ~(MAX_CHUNKS - 1), return_counts=True)
+    free_slots, free_rows = store.ensure_free(order.numel(), row_keys.numel())
+    if free_slots < order.numel() or free_rows < row_keys.numel():  # pragma: no cover - the target fits
+        raise RuntimeError("import_dense_weights: the store could not allocate the imported rows")
+    device = store.pool_weights.device
+    store.append_rows(row_keys.to(device), counts.to(device), chunks[order].to(device), torch.zeros(order.numel(), device=device))
     return int(order.numel())

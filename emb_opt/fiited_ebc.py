@@ -320,6 +320,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             "budget_bytes": self.budget_bytes,
             "full_bytes": self.full_bytes,
             "max_slots": self.store.plan.max_slots,
+            "max_rows": self.store.plan.max_rows,
             "telemetry": self.telemetry,
         }
 

@@ -8,9 +8,11 @@ a ``(shared)`` row and a ``TOTAL`` row (and an overall ``TOTAL`` with module ``(
 collections). Why this shape: the product promise is "X bytes instead of Y"; a user must be able to see
 which table pays for what, and the numbers must add up to what the store really allocated.
 
-FIITED accounting. A table pays, per live chunk slot, for its chunk (``pool_weights``), its optimizer state
-(``pool_state``), its key (``slot_keys``), its share of the hash buckets (``floor(live_t x bucket bytes /
-slots)``) and its utility (``slot_utility``). Everything else -- free slots, the free stack, the buckets' remainder, the count-min sketch, per-table metadata, counters -- is the ``(shared)`` row, so the
+FIITED accounting. A table pays, per live chunk, for its slot: the chunk (``pool_weights``), its optimizer
+state (``pool_state``) and its utility (``slot_utility``); and per stored row for its index entry (``entry_keys``,
+``entry_first``, ``entry_chunks``) and its share of the hash buckets (``floor(rows_t x bucket bytes / entries)``).
+Everything else -- free slots and entries, holes left by rows that grew, the buckets' remainder, the count-min
+sketch, per-table metadata, counters -- is the ``(shared)`` row, so the
 rows of a collection add up exactly to ``store.total_bytes()`` (every buffer of the store), category by
 category to ``store.allocated_bytes()``. ``full_bytes`` is the dense fp32 table plus the dense optimizer
 state of the collection's optimizer (FIITED: its own; dense / hashed: the ``optimizer`` argument, or the
@@ -38,9 +40,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import torch
 from torch import nn
 
-from cuda_ext.reference.vhpi import CHUNK_BITS, key_table
+from cuda_ext.reference.vhpi import key_table
 from emb_opt.budget import full_table_bytes
-from emb_opt.config import OptimizerType, parse_optimizer
+from emb_opt.config import FiitedConfig, OptimizerType, parse_optimizer
+from emb_opt.legacy_store import is_chunk_keyed, row_keyed_buffers
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas
@@ -59,10 +62,10 @@ MAIN_COLUMNS = ["module", "table", "kind", "virtual_rows", "live_rows", "mean_di
 SHARED, TOTAL, ALL = "(shared)", "TOTAL", "(all)"
 CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
 # VhpiChunkStore buffers by ``allocated_bytes`` category; any other buffer of the store counts as metadata
-_CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "slot_keys": "index", "hash_buckets": "index",
-             "free_stack": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
+_CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_keys": "index", "entry_first": "index",
+             "entry_chunks": "index", "hash_buckets": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
 _DENSE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)embedding_bags\.(?P<table>[^.]+)\.weight$")
-_STORE_KEY = "store.slot_keys"
+_STORE_KEYS = ("store.entry_keys", "store.slot_keys")  # the row-keyed layout, the older chunk-keyed one
 
 
 @dataclass
@@ -132,36 +135,39 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
     ``tables``: dicts with ``name``, ``num_embeddings``, ``embedding_dim`` in the store's table order;
     ``kind``: "fiited", or "rowprune" for the row-pruning baseline (the same store with one chunk per row).
     """
-    slot_keys = buffers["slot_keys"].detach().cpu()
-    capacity = max(1, slot_keys.numel())
-    keys = slot_keys[slot_keys >= 0]
-    table_of = key_table(keys)
+    if is_chunk_keyed(buffers):  # a checkpoint of the older layout: reported as it loads now
+        converted = row_keyed_buffers({k: v.detach().cpu() for k, v in buffers.items()}, FiitedConfig())
+        buffers = {k: v for k, v in buffers.items() if k not in ("slot_keys", "free_stack")} | converted
+    entry_keys, entry_chunks = buffers["entry_keys"].detach().cpu(), buffers["entry_chunks"].detach().cpu()
+    stored = entry_chunks > 0
+    row_keys, row_chunks = entry_keys[stored], entry_chunks[stored].to(torch.int64)
+    table_of = key_table(row_keys)
+    capacity = max(1, buffers["pool_weights"].shape[0])
+    row_capacity = max(1, entry_keys.numel())
     cat_total: Counter = Counter()
     for name, tensor in buffers.items():
         cat_total[_CATEGORY.get(name, "metadata")] += _nbytes(tensor)
     per_slot = {
         "weights": _nbytes(buffers["pool_weights"]) // capacity,
         "optimizer": _nbytes(buffers["pool_state"]) // capacity,
-        "index": _nbytes(slot_keys) // capacity,
         "utility": _nbytes(buffers["slot_utility"]) // capacity,
     }
+    per_row = sum(_nbytes(buffers[n]) for n in ("entry_keys", "entry_first", "entry_chunks")) // row_capacity
     bucket_bytes = _nbytes(buffers["hash_buckets"])
     rows: List[Dict[str, Any]] = []
     opt = optimizer.value
     for t, spec in enumerate(tables):
-        mine = keys[table_of == t]
-        live = int(mine.numel())
-        _, per_row = torch.unique(mine >> CHUNK_BITS, return_counts=True)
-        hist = Counter({int(k) * chunk_size: int(n) for k, n in zip(*torch.unique(per_row, return_counts=True))})
+        per_row_chunks = row_chunks[table_of == t]
+        live, stored_rows = int(per_row_chunks.sum()), int(per_row_chunks.numel())
+        hist = Counter({int(k) * chunk_size: int(n) for k, n in zip(*torch.unique(per_row_chunks, return_counts=True))})
         virtual, dim = int(spec["num_embeddings"]), int(spec["embedding_dim"])
-        hist[0] = virtual - int(per_row.numel())
+        hist[0] = virtual - stored_rows
         rows.append(_row(
             module, str(spec["name"]), kind, opt,
-            virtual_rows=virtual, physical_rows=int(per_row.numel()), embedding_dim=dim, chunk_size=chunk_size,
-            live_rows=int(per_row.numel()), live_chunks=live,
-            mean_dim=live * chunk_size / per_row.numel() if per_row.numel() else 0.0,
+            virtual_rows=virtual, physical_rows=stored_rows, embedding_dim=dim, chunk_size=chunk_size,
+            live_rows=stored_rows, live_chunks=live, mean_dim=live * chunk_size / stored_rows if stored_rows else 0.0,
             weights_bytes=live * per_slot["weights"], optimizer_bytes=live * per_slot["optimizer"],
-            index_bytes=live * per_slot["index"] + live * bucket_bytes // capacity,
+            index_bytes=stored_rows * per_row + stored_rows * bucket_bytes // row_capacity,
             utility_bytes=live * per_slot["utility"], metadata_bytes=0,
             full_bytes=full_table_bytes(virtual, dim, optimizer), dims_histogram=format_histogram(hist),
         ))  # fmt: skip
@@ -310,7 +316,7 @@ def _dense_weights(sd: Mapping[str, Any], exclude: Sequence[str] = ()) -> Dict[s
 
 
 def _from_state_dict(sd: Mapping[str, Any], optimizer: OptimizerType) -> List[CollectionReport]:
-    fiited = [k[: -len(_STORE_KEY)] for k in sd if isinstance(k, str) and k.endswith(_STORE_KEY)]
+    fiited = [k[: -len(key)] for k in sd for key in _STORE_KEYS if isinstance(k, str) and k.endswith(key)]
     found = [_fiited_from_state_dict(p, sd) for p in fiited]
     for prefix, weights in _dense_weights(sd, fiited).items():
         name = prefix[:-1] if prefix.endswith(".") else prefix
@@ -321,7 +327,7 @@ def _from_state_dict(sd: Mapping[str, Any], optimizer: OptimizerType) -> List[Co
 def unwrap_checkpoint(obj: Any) -> Any:
     """A module, or a state_dict; dicts with a ``model`` / ``state_dict`` / ``model_state_dict`` entry unwrap."""
     while isinstance(obj, Mapping) and not isinstance(obj, nn.Module):
-        if any(isinstance(k, str) and (k.endswith(_STORE_KEY) or _DENSE_KEY.match(k)) for k in obj):
+        if any(isinstance(k, str) and (k.endswith(_STORE_KEYS) or _DENSE_KEY.match(k)) for k in obj):
             return obj
         inner = next((obj[k] for k in CHECKPOINT_KEYS if k in obj), None)
         if inner is None:
@@ -344,7 +350,7 @@ def collect(obj: Any, optimizer: Any = "rowwise_adagrad") -> List[CollectionRepo
         raise ValueError(
             f"no embedding collections found in this {type(obj).__name__}: expected a FiitedEmbeddingBagCollection, "
             "a TorchRec (Fused)EmbeddingBagCollection, a HashedEmbeddingBagCollection, a module containing one, or "
-            "a state_dict with '<prefix>.store.slot_keys' or '<prefix>.embedding_bags.<table>.weight' keys"
+            "a state_dict with '<prefix>.store.entry_keys' or '<prefix>.embedding_bags.<table>.weight' keys"
         )
     return found
 

@@ -11,18 +11,18 @@ chunks sorted by key (rows together, chunk positions ascending):
    how much a dimension is used, not how much a row still gains from one more chunk once it holds a few, so
    the exponent is the diminishing-returns prior (``0``: one threshold for all positions; MDE-style mixed
    dimensions ``d ~ popularity ** alpha`` correspond to an exponent ``1 / alpha``).
-2. Keep the ``target = (1 - reserve_fraction) * max_slots`` chunks of highest ``e`` (ties: lower position
-   first, so the kept set stays prefix-closed); threshold ``theta`` = the smallest kept ``e``; position k's
-   threshold is ``theta * s_k``. If everything fits, thresholds are 0
-   (free slots go to whoever comes). Chunks with utility exactly 0 -- never used since they were stored,
+2. Keep the chunks of highest ``e`` (ties: lower position first, so the kept set stays prefix-closed) while
+   their bytes fit ``(1 - reserve_fraction)`` of the budget: a chunk costs its slot, and a row's first chunk
+   also its index entry (``emb_opt.budget``), so a new row must earn its entry. Threshold ``theta`` = the
+   smallest kept ``e``; position k's threshold is ``theta * s_k``. If everything fits, thresholds are 0
+   (free room goes to whoever comes). Chunks with utility exactly 0 -- never used since they were stored,
    e.g. imported by ``convert`` and never looked up -- are pruned in any case.
-3. Pruned chunks free their slots (LIFO free list); the utility of each row's first pruned chunk goes into
-   the sketch, so the row is re-admitted only when its utility rises above the threshold again.
+3. The utility of each row's first pruned chunk goes into the sketch, so the row is re-admitted only when its
+   utility rises above the threshold again.
 4. All utilities (slots and sketch) are multiplied by ``utility_decay`` -- the EMA over intervals.
-5. The hash table is rebuilt without the deleted keys; if live slots fell below ``compaction_threshold`` of
-   the allocation, live chunks are moved to the front (in key order) and the allocation shrinks; if more slots
-   were freed than the reserve, live chunks are moved to the front at the same allocation (defragmentation),
-   which keeps the free stack within the reserve.
+5. Compaction (``VhpiChunkStore.compact``): kept rows move to the front of the pool in key order, runs closed
+   up (holes left by rows that grew since the last resize are reclaimed), pool and index re-sized to the kept
+   rows plus the reserve, the hash table rebuilt.
 Returns a telemetry record (live chunks, bytes, thresholds, per-table histogram of per-row chunk counts).
 """
 from __future__ import annotations
@@ -33,9 +33,8 @@ from typing import Any, Dict
 import torch
 
 from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
-from emb_opt.chunk_store import (
-    COMPACTIONS, DENIED, DENIED_AT_LAST_RESIZE, HIGH_WATER, LAST_RESIZE_STEP, PRUNED, RESIZES, STEP, VhpiChunkStore,
-)
+from emb_opt.budget import BUCKET_BYTES, MIN_BUCKETS
+from emb_opt.chunk_store import DENIED, DENIED_AT_LAST_RESIZE, LAST_RESIZE_STEP, PRUNED, RESIZES, STEP, VhpiChunkStore
 
 
 def resize_due(store: VhpiChunkStore) -> bool:
@@ -50,6 +49,13 @@ def resize_due(store: VhpiChunkStore) -> bool:
     counters = store.counters.tolist()
     return (counters[DENIED] > counters[DENIED_AT_LAST_RESIZE]
             and step - counters[LAST_RESIZE_STEP] >= config.pressure_resize_steps)
+
+
+def target_bytes(store: VhpiChunkStore) -> float:
+    """Bytes of chunks and row entries a resize keeps: the budget less the reserve (and the hash table's
+    rounding), so the compacted store always fits."""
+    slack = MIN_BUCKETS * BUCKET_BYTES + BUCKET_BYTES
+    return (1.0 - store.config.reserve_fraction) * store.plan.available_bytes - slack
 
 
 def position_scale(max_chunks: int, exponent: float, device: torch.device) -> torch.Tensor:
@@ -89,6 +95,8 @@ def telemetry_record(store: VhpiChunkStore, pruned: int = 0) -> Dict[str, Any]:
         "step": store.step,
         "live_chunks": int(keys.numel()),
         "capacity": store.capacity,
+        "live_rows": store.num_rows,
+        "row_capacity": store.row_capacity,
         "allocated_bytes": store.total_bytes(),
         "pruned": pruned,
         "thresholds": store.thresholds.tolist(),
@@ -109,14 +117,15 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
         counts = torch.bincount(chunk, minlength=store.max_chunks).clamp(min=1)
         scale = scale * (sums / counts).clamp(min=1e-30)
     e = effective_utility(keys, utility / scale[chunk], store.max_chunks)
-    target = int(math.floor(store.plan.max_slots * (1.0 - config.reserve_fraction)))
     keep = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
     theta = 0.0
-    if keys.numel() > target:
+    cost = store.plan.bytes_per_slot + (chunk == 0).to(torch.float64) * store.plan.bytes_per_row
+    if float(cost.sum()) > target_bytes(store):
         rank = torch.argsort(e, descending=True, stable=True)
+        kept = int((torch.cumsum(cost[rank], 0) <= target_bytes(store)).sum())
         keep[:] = False
-        keep[rank[:target]] = True
-        theta = float(e[rank[target - 1]]) if target > 0 else math.inf
+        keep[rank[:kept]] = True
+        theta = float(e[rank[kept - 1]]) if kept > 0 else math.inf
         for k in range(1, store.max_chunks):  # prefix closure, also under exact ties
             idx = (chunk == k).nonzero().reshape(-1)
             if idx.numel():
@@ -130,7 +139,6 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
         first_pruned = pruned & ((chunk == 0) | previous_kept)
         row_keys = keys[first_pruned] & ~(MAX_CHUNKS - 1)
         store.sketch_add(row_keys, utility[first_pruned])
-        store.release(slots[pruned])
     store.thresholds.copy_(theta * scale if math.isfinite(theta) else torch.full_like(scale, math.inf))
     store.slot_utility.mul_(config.utility_decay)
     store.sketch.mul_(config.utility_decay)
@@ -138,32 +146,6 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
     store.counters[PRUNED] += n_pruned
     store.counters[LAST_RESIZE_STEP] = store.counters[STEP]
     store.counters[DENIED_AT_LAST_RESIZE] = store.counters[DENIED]
-    live = store.num_live
-    if live < config.compaction_threshold * store.capacity and store.capacity > config.initial_capacity:
-        compact_store(store, max(config.initial_capacity, math.ceil(live / max(1e-9, 1 - config.reserve_fraction) * 1.25)))
-    elif store.free_stack.numel() > store.plan.max_slots - target:  # more freed than the reserve: defragment
-        compact_store(store, store.capacity)
-    elif n_pruned:
-        store.rebuild_hash()
+    store.compact(slots[keep], keys[keep])
     return telemetry_record(store, n_pruned)
 
-
-def compact_store(store: VhpiChunkStore, capacity: int) -> None:
-    """Move live chunks to slots 0..n-1 (key order) and shrink the allocation to ``capacity`` slots."""
-    capacity = int(min(max(capacity, store.num_live, 1), store.plan.max_slots))
-    slots, keys = store.live_keys()
-    n = keys.numel()
-    dev = store.pool_weights.device
-    weights = torch.zeros(capacity, store.pool_weights.shape[1], device=dev)
-    state = torch.zeros(capacity, store.pool_state.shape[1], device=dev)
-    slot_keys = torch.full((capacity,), -1, dtype=torch.int64, device=dev)
-    utility = torch.zeros(capacity, device=dev)
-    weights[:n] = store.pool_weights[slots]
-    state[:n] = store.pool_state[slots]
-    slot_keys[:n] = keys
-    utility[:n] = store.slot_utility[slots]
-    store.pool_weights, store.pool_state, store.slot_keys, store.slot_utility = weights, state, slot_keys, utility
-    store.free_stack = torch.zeros(0, dtype=torch.int32, device=dev)
-    store.counters[HIGH_WATER] = n  # slots n.. are free and never used
-    store.counters[COMPACTIONS] += 1
-    store.rebuild_hash()

@@ -42,6 +42,7 @@ from experiments.cuda_build import build_native_ops  # noqa: E402  (first: keeps
 import torch  # noqa: E402
 
 from cuda_ext.reference.vhpi import pack_row_key  # noqa: E402
+from emb_opt.chunk_store import run_slots  # noqa: E402
 
 ROWWISE_ADAGRAD, UTILITY_FREQ_GRAD, LR, EPS, MAX_PROBE, LOAD = 2, 2, 0.01, 1e-8, 128, 0.5
 ROTATE = 4  # distinct batches cycled through by the timed runs
@@ -169,23 +170,26 @@ def bench_tbe(report: Report, args: argparse.Namespace, device: torch.device, ti
 
 
 def build_store(rows: int, dim: int, c: int, budget: float, device: torch.device, seed: int) -> Dict[str, torch.Tensor]:
-    """A VHPI store where every row keeps a random prefix of its D/c chunks, k_r ~ Binomial(D/c, budget)."""
+    """A row-keyed VHPI store (``emb_opt.chunk_store``) where every row keeps a random prefix of its D/c chunks,
+    k_r ~ Binomial(D/c, budget), as one run of slots; the runs lie in random row order over the pool."""
     ops = torch.ops.emb_opt
     chunks = dim // c
     gen = torch.Generator(device=device).manual_seed(seed)
     keep = torch.zeros(rows, dtype=torch.int64, device=device)
     for _ in range(chunks):
         keep += (torch.rand(rows, generator=gen, device=device) < budget).to(torch.int64)
-    row_keys = pack_row_key(torch.zeros(1, dtype=torch.int64, device=device), torch.arange(rows, device=device))
-    keys = (row_keys.unsqueeze(1) + torch.arange(chunks, device=device))[torch.arange(chunks, device=device) < keep.unsqueeze(1)]
-    del keep, row_keys
-    slot_keys = keys[torch.randperm(keys.numel(), generator=gen, device=device)]  # chunks scattered over the pool
-    del keys
-    num_slots = slot_keys.numel()
-    buckets = ops.vhpi_rebuild(slot_keys, max(16, math.ceil(num_slots / LOAD)), MAX_PROBE)
+    stored = keep.nonzero().reshape(-1)
+    stored = stored[torch.randperm(stored.numel(), generator=gen, device=device)]  # rows scattered over the pool
+    counts = keep[stored]
+    del keep
+    entry_keys = pack_row_key(torch.zeros(1, dtype=torch.int64, device=device), stored)
+    entry_first = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+    num_slots = int(counts.sum())
+    buckets = ops.vhpi_rebuild(entry_keys, max(16, math.ceil(entry_keys.numel() / LOAD)), MAX_PROBE)
     if buckets.numel() == 0:
         raise RuntimeError("bench store: the hash table hit max_probe")
-    return dict(slot_keys=slot_keys, buckets=buckets, pool=torch.randn(num_slots, c, generator=gen, device=device) * 0.01,
+    return dict(entry_keys=entry_keys, entry_first=entry_first, entry_chunks=counts.to(torch.int8), buckets=buckets,
+                pool=torch.randn(num_slots, c, generator=gen, device=device) * 0.01,
                 state=torch.zeros(num_slots, 1, device=device), utility=torch.zeros(num_slots, device=device),
                 live_share=torch.tensor(num_slots / (rows * chunks)), chunks=torch.tensor(chunks))
 
@@ -206,9 +210,10 @@ def bench_fiited(report: Report, args: argparse.Namespace, device: torch.device,
     def unique(b: Dict[str, torch.Tensor]):
         return ops.chunk_bag_unique(b["values"], b["offsets"], meta["feature_table"], meta["table_rows"], args.batch)
 
-    def lookup(row_keys: torch.Tensor) -> torch.Tensor:
-        num = torch.full((row_keys.numel(),), chunks, dtype=torch.int32, device=device)
-        return ops.vhpi_lookup(store["buckets"], store["slot_keys"], row_keys, num, chunks, MAX_PROBE)
+    def lookup(row_keys: torch.Tensor) -> torch.Tensor:  # as VhpiChunkStore.lookup: one probe per row, then its run
+        ones = torch.ones(row_keys.numel(), dtype=torch.int32, device=device)
+        entries = ops.vhpi_lookup(store["buckets"], store["entry_keys"], row_keys, ones, 1, MAX_PROBE)[:, 0].to(torch.int64)
+        return run_slots(entries, store["entry_first"], store["entry_chunks"], chunks)
 
     def forward(b: Dict[str, torch.Tensor], slots: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         return ops.chunk_bag_forward(store["pool"], slots, inverse, b["offsets"], None, meta["feature_table"],

@@ -14,6 +14,7 @@ from torchrec.optim import RowWiseAdagrad
 import emb_opt
 from emb_opt.budget import total_full_bytes
 from emb_opt.config import OptimizerType
+from emb_opt.resize import target_bytes
 from emb_opt.convert import convert
 from tests.fiited_helpers import random_kjt, small_tables
 
@@ -82,11 +83,14 @@ def test_budget_is_never_exceeded_and_resizes_prune_to_target():
             kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f0", "f1", "f2"], values=ids, lengths=torch.ones(3 * 256, dtype=torch.int32))
             m(kjt).values().pow(2).sum().backward()
             assert m.memory_bytes() <= m.budget_bytes
-            assert m.store.capacity <= m.store.plan.max_slots
+            assert m.store.capacity <= m.store.plan.max_slots and m.store.row_capacity <= m.store.plan.max_rows
+            # the plan's accounting is what is allocated, to the byte
+            plan = m.store.plan
+            assert m.memory_bytes() == plan.fixed_bytes + plan.variable_bytes(m.store.capacity, m.store.row_capacity)
     assert len(m.telemetry) == 9  # steps 4, 7, ..., 28
-    target = math.floor(m.store.plan.max_slots * (1 - m.config.reserve_fraction))
-    for record in m.telemetry:
-        assert record["live_chunks"] <= target
+    plan, target = m.store.plan, target_bytes(m.store)
+    for record in m.telemetry:  # what a resize keeps fits the budget less the reserve, index entries counted
+        assert record["live_chunks"] * plan.bytes_per_slot + record["live_rows"] * plan.bytes_per_row <= target
         assert record["allocated_bytes"] <= m.budget_bytes
     assert m.store.counter_dict()["pruned_chunks"] > 0
     # rows keep a prefix of their chunks: every live chunk k > 0 has chunk k-1 live
@@ -102,8 +106,10 @@ def test_resize_keeps_highest_prefix_utilities_and_readmits_rising_rows():
     store = m.store
     m.import_dense_weights({"t": torch.randn(100, 8)})
     assert store.num_live == 200
-    # pretend the budget allows only 3 chunks, and set utilities by hand
-    store.plan.max_slots = 3
+    # pretend the budget allows only 3 chunks in 2 rows, and set utilities by hand
+    plan = store.plan
+    slack = plan.available_bytes - target_bytes(store)  # reserve_fraction is 0: the hash table's rounding
+    plan.available_bytes = int(3 * plan.bytes_per_slot + 2 * plan.bytes_per_row + slack + 1)
     slots, keys = store.live_keys()
     util = torch.zeros_like(store.slot_utility)
     rows, chunk = (keys >> 6), keys & 63
@@ -121,7 +127,7 @@ def test_resize_keeps_highest_prefix_utilities_and_readmits_rising_rows():
     # row 5's pruned chunk 1 went to the sketch (decayed x0.5); row 9 now needs >= 3 to come back
     assert float(store.sketch_estimate(torch.tensor([5 << 6]))) == pytest.approx(0.5)
     assert float(store.sketch_estimate(torch.tensor([9 << 6]))) == pytest.approx(1.0)
-    store.plan.max_slots = 10
+    plan.available_bytes = 10**6
     store.sketch_add(torch.tensor([9 << 6]), torch.tensor([5.0]))  # row 9's candidate utility rises to 6
     m.train()
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([9, 5]), lengths=torch.tensor([1, 1]))
@@ -236,15 +242,22 @@ def test_hundred_million_row_virtual_table_is_cheap():
 def test_full_store_policy_rows_read_zero_and_are_counted():
     tables = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=1000, feature_names=["f"])]
     m = emb_opt.FiitedEmbeddingBagCollection(tables, 2000, chunk_size=4, warmup_steps=10**6)
-    max_slots = m.store.plan.max_slots
+    store, plan = m.store, m.store.plan
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.arange(100), lengths=torch.ones(100, dtype=torch.int32))
     with pytest.warns(RuntimeWarning, match="store full"):
         out = m(kjt).values()
     served = out.abs().sum(1) > 0
-    assert int(served.sum()) == (max_slots + 1) // 2  # 2 chunks per row while slots last (the last maybe 1)
-    assert m.store.counter_dict()["denied_admissions"] == 200 - max_slots
+    chunks = store.active_chunks(0, torch.arange(100))
+    assert torch.equal(served, chunks > 0) and 0 < int(served.sum()) < 100
+    assert int((chunks == 1).sum()) <= 1  # 2 chunks per row while room lasts (the last row maybe 1)
+    assert store.num_rows == int(served.sum()) and store.num_live == int(chunks.sum())
+    assert store.counter_dict()["denied_admissions"] == 200 - store.num_live
+    # the budget is spent: less than one more row of both chunks (and its share of the rounding) is left
+    assert plan.variable_bytes(store.capacity, store.row_capacity) <= plan.available_bytes
+    assert plan.available_bytes - plan.variable_bytes(store.num_live, store.num_rows) < 2 * (2 * plan.bytes_per_slot + plan.bytes_per_row) + 8
+    assert m.memory_bytes() <= m.budget_bytes
     # equal (zero) candidate utility: the served rows are a pseudo-random pick, not the first ids
-    assert not bool(served[: max_slots // 2].all())
+    assert not bool(served[: int(served.sum())].all())
 
 
 @pytest.mark.parametrize(
@@ -301,32 +314,45 @@ def test_chunk_init_depends_on_table_name_not_position():
     assert not torch.equal(both.to_dense_weights("a")[ids], both.to_dense_weights("b")[ids])
 
 
-def test_freed_slots_are_reused_last_freed_first_and_the_stack_stays_within_the_reserve():
-    from emb_opt.chunk_store import HIGH_WATER
+def test_growing_rows_move_to_a_new_run_and_the_next_resize_closes_the_holes():
+    from emb_opt.chunk_store import HIGH_WATER, ROW_HIGH_WATER
 
-    tables = [EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=1000, feature_names=["f"])]
-    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**5, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.5)
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=12, num_embeddings=1000, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**6, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.0)
     store = m.store
-    slots = store._pop(6)
-    assert slots.tolist() == [0, 1, 2, 3, 4, 5] and int(store.counters[HIGH_WATER]) == 6
-    keys = torch.arange(6) << 6
-    store.write_chunks(slots.long(), keys, torch.zeros(6, 4), torch.zeros(6))
-    store.release(torch.tensor([1, 4]))
-    store.release(torch.tensor([2]))
-    assert store.num_free == store.capacity - 3
-    assert store._pop(4).tolist() == [2, 4, 1, 6]  # last freed first, then never-used slots
-    # a resize that frees more than the reserve defragments: live chunks move to the front, the stack empties
-    m2 = emb_opt.FiitedEmbeddingBagCollection(tables, 10**5, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.05,
-                                              initial_capacity=10**6)
-    m2.import_dense_weights({"t": torch.randn(1000, 4)})
-    used = m2.store.num_live
-    util = torch.zeros_like(m2.store.slot_utility)
-    util[:10] = 1.0  # all but 10 chunks are unused: the resize frees far more than the reserve
-    m2.store.slot_utility.copy_(util)
-    m2.resize_now()
-    assert m2.store.num_live == 10 and used > 100
-    assert m2.store.free_stack.numel() == 0 and int(m2.store.counters[HIGH_WATER]) == 10
-    assert m2.memory_bytes() <= m2.budget_bytes
+    weights = torch.randn(1000, 12)
+    m.import_dense_weights({"t": weights})
+    assert store.num_live == 3000 and int(store.counters[HIGH_WATER]) == 3000
+    # keep rows 0..9 with 1, 2, 3, 1, 2, 3, ... chunks (utility set by hand), prune the rest
+    slots, keys = store.live_keys()
+    rows, chunk = keys >> 6, keys & 63
+    util = torch.zeros_like(store.slot_utility)
+    util[slots[(rows < 10) & (chunk <= rows % 3)]] = 1.0
+    store.slot_utility.copy_(util)
+    m.resize_now()
+    kept = store.active_chunks(0, torch.arange(10))
+    assert kept.tolist() == [1, 2, 3] * 3 + [1] and store.num_live == 19
+    assert int(store.counters[HIGH_WATER]) == 19 and int(store.counters[ROW_HIGH_WATER]) == 10  # compacted
+    assert torch.equal(m.to_dense_weights("t")[:10, :4], weights[:10, :4])
+    # rows 0 and 3 earn their other chunks: they move to new runs at the high-water mark
+    store.thresholds.zero_()
+    before = m.to_dense_weights("t")[[0, 3]].clone()
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([0, 3]), lengths=torch.ones(2, dtype=torch.int32))
+    m.train()
+    m(kjt)  # a training forward admits (no backward: nothing trains)
+    assert store.active_chunks(0, torch.tensor([0, 3])).tolist() == [3, 3]
+    assert int(store.counters[HIGH_WATER]) == 19 + 6 and store.counter_dict()["relocated_rows"] == 2
+    after = m.to_dense_weights("t")[[0, 3]]
+    assert torch.equal(after[:, :4], before[:, :4])  # the moved chunk kept its values
+    assert bool((after[:, 4:] != 0).all())  # the new chunks got their init values
+    lookup = store.lookup(torch.tensor([0, 3]) << 6)
+    assert lookup[0].tolist() == [19, 20, 21] and lookup[1].tolist() == [22, 23, 24]
+    # the next resize closes the two holes and keeps everything (all utilities > 0 now)
+    store.slot_utility[store.live_keys()[0]] = 1.0
+    m.resize_now()
+    assert store.num_live == 23 and int(store.counters[HIGH_WATER]) == 23
+    assert torch.equal(m.to_dense_weights("t")[[0, 3]], after)
+    assert m.memory_bytes() <= m.budget_bytes
 
 
 def test_prefix_dropout_truncates_rows_in_training_only():

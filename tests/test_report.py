@@ -1,7 +1,7 @@
 """emb_opt.report: the per-table memory report of FIITED, dense, fused and hashed collections, its plots and CLI.
 
 The FIITED numbers are checked against the store itself (``allocated_bytes``, ``total_bytes``) and against
-counts computed here from ``slot_keys`` by plain bit arithmetic; the same report must come out of a module,
+counts computed here from the live chunk keys by plain bit arithmetic; the same report must come out of a module,
 a DLRM holding it, its state_dict and a saved checkpoint file.
 """
 import os
@@ -94,12 +94,12 @@ def test_fiited_rows_add_up_to_the_store_bytes(fiited):
     assert int(total["total_bytes"]) <= fiited.budget_bytes
 
 
-def test_fiited_live_chunks_and_dimension_histogram_match_slot_keys(fiited):
+def test_fiited_live_chunks_and_dimension_histogram_match_the_live_keys(fiited):
     df = emb_opt.memory_report(fiited).set_index("table")
     store = fiited.store
-    keys = [k for k in store.slot_keys.tolist() if k >= 0]
+    keys = store.live_keys()[1].tolist()
     chunks_per_row = Counter((k >> 53, (k >> 6) & ((1 << 47) - 1)) for k in keys)  # (table, row) -> chunks
-    capacity, buckets = store.slot_keys.numel(), store.hash_buckets.numel() * 4
+    entries, buckets = store.entry_keys.numel(), store.hash_buckets.numel() * 4
     histograms_differ = set()
     for t, (name, rows) in enumerate(ROWS.items()):
         live = sum(1 for k in keys if k >> 53 == t)
@@ -113,7 +113,7 @@ def test_fiited_live_chunks_and_dimension_histogram_match_slot_keys(fiited):
         assert sum(parse_histogram(row["dims_histogram"]).values()) == rows == int(row["virtual_rows"])
         assert float(row["mean_dim"]) == pytest.approx(CHUNK * live / live_rows if live_rows else 0.0)
         assert int(row["weights_bytes"]) == live * 4 * CHUNK and int(row["optimizer_bytes"]) == live * 4
-        assert int(row["index_bytes"]) == live * 8 + live * buckets // capacity
+        assert int(row["index_bytes"]) == live_rows * (8 + 4 + 1) + live_rows * buckets // entries
         assert int(row["utility_bytes"]) == live * 4
         histograms_differ.add(len(expected))
     assert max(histograms_differ) > 2, "the fixture should have rows of several dimensions"
