@@ -424,8 +424,8 @@ def _run(config: Config):
             row.update(evaluate(probs, labels, segment, window, config.eval_windows))
             row.update({"train_ne": train_ne, "seconds": seconds})
             rows.append(row)
-            print(f"  seed {seed} {name:>13}: NE overall {row['ne_overall']:.4f}  tail {row['ne_tail']:.4f}  "
-                  f"new {row['ne_new']:.4f}  ({seconds:.0f}s)")
+            ne = {k: f"{row[f'ne_{k}']:.4f}" if math.isfinite(row[f"ne_{k}"]) else "-" for k in ("overall", "tail", "new")}
+            print(f"  seed {seed} {name:>13}: NE overall {ne['overall']}  tail {ne['tail']}  new {ne['new']}  ({seconds:.0f}s)")
     runs = pd.DataFrame(rows)
     if data.probs is not None:
         row = {"parameterization": "oracle", "seed": -1, "rows": 0, "tokens_per_id": 0}

@@ -149,5 +149,7 @@ def test_experiment_runs_on_files(files, tmp_path, capsys):
     assert df["parameterization"].tolist() == ["random", "prefix_ngram"]  # no oracle for real data
     assert np.isfinite(df["ne_overall"]).all()
     # no item is first seen late here: the "new" change is undefined ("-", not "+nan"); one seed has no spread
-    changes = capsys.readouterr().out.split("NE change vs random hashing")[1].split("wrote")[0]
+    out = capsys.readouterr().out
+    changes = out.split("NE change vs random hashing")[1].split("wrote")[0]
     assert "nan" not in changes and "+- n/a" in changes and "+- 0.00" not in changes
+    assert "new nan" not in out and "new -" in out  # the per-seed progress lines too
