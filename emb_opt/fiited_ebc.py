@@ -14,7 +14,8 @@ Same input (``KeyedJaggedTensor``) and output (``KeyedTensor``, ``[B, sum of emb
 Inputs are checked: missing features, ids out of ``[0, num_embeddings)`` or negative, non-integer ids, and
 variable batch sizes per feature raise a ``ValueError`` naming the feature, the sample and the id. Features
 of the KJT that no table reads are ignored, as ``EmbeddingBagCollection`` does. A training step is a forward
-with grad enabled in ``train()`` mode; eval forwards change nothing.
+with grad enabled in ``train()`` mode; eval forwards change nothing (per-sample weights that require grad still
+get their gradient).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from cuda_ext import ops
 from emb_opt.budget import chunk_counts, plan_store, resolve_budget, total_full_bytes
-from emb_opt.chunk_bag_lookup import BatchPlan, ChunkBagLookup
+from emb_opt.chunk_bag_lookup import BatchPlan, ChunkBagLookup, EvalChunkBagLookup
 from emb_opt.chunk_store import STEP, VhpiChunkStore
 from emb_opt.config import FiitedConfig, merge_config
 from emb_opt.resize import resize_due, resize_store, telemetry_record
@@ -210,6 +211,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             self.store.counters[STEP] += 1
             self._pending_backward += 1
             out = ChunkBagLookup.apply(self._anchor, plan.weights, self, plan)
+        elif plan.weights is not None and plan.weights.requires_grad and torch.is_grad_enabled():
+            out = EvalChunkBagLookup.apply(plan.weights, self, plan)  # weights get their gradient; nothing trains
         else:
             out = self._pool(plan)
         if out.dtype != self._output_dtype.dtype:

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 from torchrec.models.dlrm import DLRM
 
 import emb_opt
@@ -208,3 +208,43 @@ def test_memory_report_tells_row_pruning_from_fiited(tmp_path):
     for report in (from_module, from_state):
         kinds = dict(zip(report["module"], report["kind"]))
         assert kinds == {"fiited": "fiited", "rows": "rowprune", "(all)": "mixed"}
+
+
+@pytest.mark.parametrize("pooling", [PoolingType.SUM, PoolingType.MEAN])
+def test_eval_mode_gives_per_sample_weights_their_gradient_and_trains_nothing(pooling):
+    tables = small_tables(dim=8)
+    for t in tables:
+        t.pooling = pooling
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 0.7, chunk_size=4, is_weighted=True, warmup_steps=3, resize_interval=2,
+                                             learning_rate=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for step in range(6):  # some rows pruned to fewer chunks, some not stored at all
+            m(random_kjt(step, batch_size=16, weighted=True)).values().pow(2).sum().backward()
+    m.eval()
+    kjt = random_kjt(99, batch_size=16, weighted=True)
+    weights = kjt.weights().clone().requires_grad_(True)
+    kjt = KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), weights=weights)
+    state = copy.deepcopy(m.state_dict())
+    out = m(kjt)
+    probe = torch.randn(out.values().shape, generator=torch.Generator().manual_seed(0))
+    (out.values() * probe).sum().backward()
+    got = weights.grad.clone()
+    # the reference: the same lookup through torch's embedding_bag on the dense view of the tables
+    weights.grad = None
+    dense = {t.name: m.to_dense_weights(t.name) for t in tables}
+    mode = "sum" if pooling == PoolingType.SUM else "mean"
+    parts = []
+    for key, feature in zip(kjt.keys(), kjt.to_dict().values()):
+        table = next(t.name for t in tables if key in t.feature_names)
+        lengths = feature.lengths()
+        pooled = torch.nn.functional.embedding_bag(feature.values(), dense[table], torch.cumsum(lengths, 0) - lengths,
+                                                   mode="sum", per_sample_weights=feature.weights())
+        if mode == "mean":
+            pooled = pooled / lengths.clamp(min=1).unsqueeze(1)
+        parts.append(pooled)
+    (torch.cat(parts, 1) * probe).sum().backward()
+    torch.testing.assert_close(got, weights.grad, rtol=1e-5, atol=1e-6)
+    assert bool((got != 0).any())
+    after = m.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))  # nothing trained
