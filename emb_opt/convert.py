@@ -50,9 +50,16 @@ def _warn_if_untrained(tables: List[EmbeddingBagConfig], weights: Dict[str, torc
         warnings.warn(
             f"convert(): the weights of table(s) {untrained} all lie within their init range +-sqrt(1/rows), so they "
             f"look untrained; {imported} of {total} chunks were imported and fill the store until the first resize "
-            f"(step {fiited.config.warmup_steps}), so rows that training touches meanwhile read as zeros. For a model "
-            "that has not been trained, pass copy_weights=False.",
+            f"(step {first_resize_step(fiited.config)}), so rows that training touches meanwhile read as zeros. For a "
+            "model that has not been trained, pass copy_weights=False.",
             RuntimeWarning, stacklevel=3)
+
+
+def first_resize_step(config) -> int:
+    """When the first resize comes for a store that is full from the start (denials from the first step on)."""
+    if config.pressure_resize_steps > 0:
+        return min(config.warmup_steps, config.pressure_resize_steps)
+    return config.warmup_steps
 
 
 def convert(model: nn.Module, memory_budget: Union[int, float], copy_weights: bool = True, **options: Any) -> nn.Module:

@@ -117,8 +117,11 @@ def test_convert_warns_when_a_limited_import_copies_untrained_weights():
             model.ebc.embedding_bags["t"].weight.mul_(scale)
         return model
 
-    with pytest.warns(RuntimeWarning, match=r"table\(s\) \['t'\] .* look untrained; \d+ of 2000 chunks were imported"):
+    with pytest.warns(RuntimeWarning, match=r"table\(s\) \['t'\] .* look untrained; \d+ of 2000 chunks were imported.*"
+                                            r"until the first resize \(step 50\)"):  # a pressure resize: the store is full
         convert(model_with(1.0), 0.1, chunk_size=4)
+    with pytest.warns(RuntimeWarning, match=r"until the first resize \(step 1000\)"):  # no pressure resizes: the warm-up
+        convert(model_with(1.0), 0.1, chunk_size=4, pressure_resize_steps=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         convert(model_with(3.0), 0.1, chunk_size=4)  # values beyond the init range: trained
