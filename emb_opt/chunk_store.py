@@ -225,7 +225,8 @@ class VhpiChunkStore(nn.Module):
     def ensure_free(self, slots: int, rows: int = 0) -> Tuple[int, int]:
         """Re-size pool and index so that ``slots`` slots and ``rows`` entries are free above the high-water
         marks, as far as the budget allows (an array that needs more grows x1.5; the other may give back room
-        it does not use); returns (free slots, free entries)."""
+        it does not use, and when not all of it fits, the room beyond the high-water marks is shared between
+        them in proportion to the need); returns (free slots, free entries)."""
         used = (int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER]))
         have = (self.capacity, self.row_capacity)
         need = (used[0] + slots, used[1] + rows)
@@ -236,8 +237,8 @@ class VhpiChunkStore(nn.Module):
                 target = self.plan.fit(keep, roomy)
             elif self.plan.fits(*need):
                 target = self.plan.fit(need, keep)
-            else:  # not all of it: share what the budget holds in proportion to the need
-                target = self.plan.fit((min(have[0], need[0]), min(have[1], need[1])), need)
+            else:  # not all of it: what the budget holds beyond what is used, shared in proportion to the need
+                target = self.plan.fit(used, need)
             self._reallocate(*target)
         return self.capacity - used[0], self.row_capacity - used[1]
 

@@ -372,3 +372,27 @@ def test_prefix_dropout_truncates_rows_in_training_only():
     assert float(m.store.sketch.sum()) == 0.0  # truncated rows are not candidates for more chunks
     m.eval()
     assert bool((m(kjt).values()[:, 4:].abs().sum(1) > 0).all())  # evaluation uses every live chunk
+
+
+def test_chunks_that_get_no_gradient_are_pruned_and_their_bytes_store_more_rows():
+    """FIITED's premise in miniature: when a model reads only the first chunk of every row (the other dimensions
+    get no gradient), resizes prune the unread chunks and the budget holds rows of one chunk -- about twice the
+    rows that whole-row pruning holds in the same bytes."""
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=16, num_embeddings=4000, feature_names=["f"])]
+    common = dict(memory_budget=0.08, warmup_steps=4, resize_interval=4, learning_rate=0.05)
+    fiited = emb_opt.FiitedEmbeddingBagCollection(tables, chunk_size=4, **common)
+    rowprune = emb_opt.RowPruningEmbeddingBagCollection(tables, **common)
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for step in range(40):
+            ids = (torch.rand(512, generator=gen) * 4000).long()
+            kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=ids, lengths=torch.ones(512, dtype=torch.int32))
+            for m in (fiited, rowprune):
+                m(kjt).values()[:, :4].pow(2).sum().backward()  # the model reads dimensions 0..3 only
+    # after the last resize every stored row keeps its first chunk only (rows admitted since then are whole until
+    # the next one: with room left, thresholds are 0), and one-chunk rows cost 45 bytes against 93 for whole ones
+    last, baseline = fiited.telemetry[-1], rowprune.telemetry[-1]
+    assert last["rows_by_chunks"]["t"][1:] == [0, 0, 0] and last["live_rows"] == last["live_chunks"]
+    assert last["live_rows"] > 1.8 * baseline["live_rows"]
+    assert fiited.memory_bytes() <= fiited.budget_bytes and rowprune.memory_bytes() <= rowprune.budget_bytes
