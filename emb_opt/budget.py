@@ -21,6 +21,8 @@ import numbers
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple, Union
 
+import torch
+
 from emb_opt.config import FiitedConfig, OptimizerType
 from emb_opt.hashed_init import MAX_COLUMNS
 
@@ -82,6 +84,18 @@ class StorePlan:
 
     def fits(self, slots: int, rows: int) -> bool:
         return self.variable_bytes(slots, rows) <= self.available_bytes
+
+    def fits_many(self, slots: "torch.Tensor", rows: "torch.Tensor", limit: float) -> "torch.Tensor":
+        """``variable_bytes(slots[i], rows[i]) <= limit`` for tensors of counts (bool tensor)."""
+        rows = rows.to(torch.float64)
+        buckets = torch.ceil(rows / self.max_load_factor).clamp(min=MIN_BUCKETS)
+        return slots.to(torch.float64) * self.bytes_per_slot + rows * ENTRY_BYTES + buckets * BUCKET_BYTES <= limit
+
+    def affordable(self, starts_row: "torch.Tensor", limit: float) -> int:
+        """How many of a ranked list of chunks fit in ``limit`` bytes, taken in order: each costs a slot, and an
+        index entry when ``starts_row`` (it is its row's first chunk). A prefix: the bytes only grow."""
+        count = torch.arange(1, starts_row.numel() + 1, device=starts_row.device)
+        return int(self.fits_many(count, torch.cumsum(starts_row.to(torch.int64), 0), limit).sum())
 
     def fit(self, low: Tuple[int, int], high: Tuple[int, int]) -> Tuple[int, int]:
         """The largest (slots, rows) on the segment from ``low`` towards ``high`` that fits the budget (``low``

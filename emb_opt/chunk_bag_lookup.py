@@ -35,6 +35,16 @@ class BatchPlan:
     weights: Optional[torch.Tensor]  # [nnz] float32 or None
     batch_size: int
     truncated: Optional[torch.Tensor] = None  # [U] bool: rows cut short by prefix dropout this step
+    pending: Optional["PendingBackward"] = None  # set while its backward has not run
+
+
+class PendingBackward:
+    """Marks a forward whose backward has not run yet (its slot matrix must stay valid until then)."""
+
+    __slots__ = ("released",)
+
+    def __init__(self) -> None:
+        self.released = False
 
 
 class ChunkBagLookup(torch.autograd.Function):
@@ -81,4 +91,6 @@ class EvalChunkBagLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], None, None]:
         c = ctx.collection
-        return occurrence_weight_grad(c.store.pool_weights, ctx.plan, grad_out, c._feature_cols, c._pooling_mode), None, None
+        weight_grad = occurrence_weight_grad(c.store.pool_weights, ctx.plan, grad_out, c._feature_cols, c._pooling_mode)
+        c._release(ctx.plan.pending)
+        return weight_grad, None, None

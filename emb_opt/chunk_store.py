@@ -34,7 +34,7 @@ frees room. New chunks get a deterministic pseudo-random init (``emb_opt.hashed_
 row and column, uniform in +-init_scale of the table, TorchRec's default sqrt(1/rows); a re-admitted chunk
 starts again from the same values), zero optimizer state, and the row's candidate utility.
 Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resize``; checkpoints of the older
-chunk-keyed layout are converted on load (``emb_opt.legacy_store``).
+chunk-keyed layout are converted on load (``emb_opt.store_checkpoints``).
 """
 from __future__ import annotations
 
@@ -224,22 +224,15 @@ class VhpiChunkStore(nn.Module):
     # ---- allocation ----------------------------------------------------------------------------------
     def ensure_free(self, slots: int, rows: int = 0) -> Tuple[int, int]:
         """Re-size pool and index so that ``slots`` slots and ``rows`` entries are free above the high-water
-        marks, as far as the budget allows (an array that needs more grows x1.5; the other may give back room
-        it does not use, and when not all of it fits, the room beyond the high-water marks is shared between
-        them in proportion to the need); returns (free slots, free entries)."""
+        marks, if the budget holds that much (an array that needs more grows x1.5 where there is room; the
+        other may give back room it does not use); returns (free slots, free entries)."""
         used = (int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER]))
         have = (self.capacity, self.row_capacity)
         need = (used[0] + slots, used[1] + rows)
-        if need[0] > have[0] or need[1] > have[1]:
+        if (need[0] > have[0] or need[1] > have[1]) and self.plan.fits(*need):
             keep = (max(have[0], need[0]), max(have[1], need[1]))
             roomy = tuple(max(n, math.ceil(h * _GROWTH)) if n > h else h for n, h in zip(need, have))
-            if self.plan.fits(*keep):
-                target = self.plan.fit(keep, roomy)
-            elif self.plan.fits(*need):
-                target = self.plan.fit(need, keep)
-            else:  # not all of it: what the budget holds beyond what is used, shared in proportion to the need
-                target = self.plan.fit(used, need)
-            self._reallocate(*target)
+            self._reallocate(*(self.plan.fit(keep, roomy) if self.plan.fits(*keep) else self.plan.fit(need, keep)))
         return self.capacity - used[0], self.row_capacity - used[1]
 
     def _reallocate(self, slots: int, rows: int) -> None:
@@ -337,10 +330,12 @@ class VhpiChunkStore(nn.Module):
         self.rebuild_hash()
 
     # ---- admission ---------------------------------------------------------------------------------
-    def admit(self, row_keys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def admit(self, row_keys: torch.Tensor, slots: torch.Tensor, allow_moves: bool = True) -> torch.Tensor:
         """Give touched rows the chunks their candidate utility earns (see the module docstring).
 
         row_keys [U] int64, slots [U, max_chunks] int32 from ``lookup``; returns slots with the new chunks.
+        ``allow_moves=False`` (a forward whose backward is pending holds slots of this store): only rows without
+        chunks get some; rows that have chunks keep them where they are and grow in a later step.
         """
         chunks = self.chunks_of(row_keys).to(torch.int64)
         live = (slots >= 0).sum(1)
@@ -351,6 +346,8 @@ class VhpiChunkStore(nn.Module):
         theta = torch.cummax(self.thresholds, 0).values
         earned = (theta.unsqueeze(0) <= estimate.unsqueeze(1)).sum(1)
         wanted = (torch.minimum(earned, chunks[wanting]) - live[wanting]).clamp(min=0)
+        if not allow_moves:
+            wanted = torch.where(live[wanting] > 0, torch.zeros_like(wanted), wanted)
         keep = wanted > 0
         rows, wanted, estimate = wanting[keep], wanted[keep], estimate[keep]
         if rows.numel() == 0:
@@ -361,18 +358,11 @@ class VhpiChunkStore(nn.Module):
         free_slots, free_rows = self.ensure_free(int(need_slots.sum()), int(need_rows.sum()))
         granted = wanted
         if free_slots < int(need_slots.sum()) or free_rows < int(need_rows.sum()):
-            # not enough room: highest candidate utility first, ties in a pseudo-random order
+            # not all of it fits: highest candidate utility first, ties in a pseudo-random order
             order = torch.argsort(ops.mix_hash(row_keys[rows], 1 << 62, self.step))
             order = order[torch.argsort(estimate[order], descending=True, stable=True)]
             rows, wanted, estimate, have = rows[order], wanted[order], estimate[order], have[order]
-            need_slots, need_rows = need_slots[order], need_rows[order]
-            fits = (torch.cumsum(need_slots, 0) <= free_slots) & (torch.cumsum(need_rows, 0) <= free_rows)
-            whole = int(fits.sum())  # a prefix: both sums only grow
-            granted = torch.where(fits, wanted, torch.zeros_like(wanted))
-            if whole < rows.numel():  # the first row that does not fit whole gets what is left
-                left_slots = free_slots - int(need_slots[:whole].sum())
-                if free_rows - int(need_rows[:whole].sum()) >= int(need_rows[whole]):
-                    granted[whole] = max(0, min(int(wanted[whole]), left_slots - int(have[whole])))
+            granted = self._grant_within_budget(wanted, have)
             denied = int(wanted.sum() - granted.sum())
             self.counters[DENIED] += denied
             if not self._warned_full:
@@ -392,6 +382,28 @@ class VhpiChunkStore(nn.Module):
         self.sketch_forget(row_keys[rows], estimate)
         self.counters[ADMITTED] += int(granted.sum())
         return slots
+
+    def _grant_within_budget(self, wanted: torch.Tensor, have: torch.Tensor) -> torch.Tensor:
+        """Chunks granted to rows in priority order (``wanted`` more each, holding ``have``): whole requests
+        while pool and index fit the budget, then what is left to the first row that does not fit whole. A row
+        that grows takes a new run of its new length (its old one stays a hole until the next resize). Pool and
+        index are re-sized to exactly what is granted where the budget needs it."""
+        used_slots, used_rows = int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER])
+        need_slots, need_rows = have + wanted, (have == 0).to(torch.int64)
+        slots, rows = used_slots + torch.cumsum(need_slots, 0), used_rows + torch.cumsum(need_rows, 0)
+        whole = int(self.plan.fits_many(slots, rows, self.plan.available_bytes).sum())  # a prefix: bytes only grow
+        granted = torch.where(torch.arange(wanted.numel(), device=wanted.device) < whole, wanted, torch.zeros_like(wanted))
+        base = (int(slots[whole - 1]), int(rows[whole - 1])) if whole else (used_slots, used_rows)
+        if whole < wanted.numel():
+            h, new_row = int(have[whole]), int(need_rows[whole])
+            g = next((g for g in range(int(wanted[whole]), 0, -1) if self.plan.fits(base[0] + h + g, base[1] + new_row)), 0)
+            granted[whole] = g
+            if g:
+                base = (base[0] + h + g, base[1] + new_row)
+        if base[0] > self.capacity or base[1] > self.row_capacity:
+            grown = (max(base[0], self.capacity), max(base[1], self.row_capacity))
+            self._reallocate(*(grown if self.plan.fits(*grown) else base))
+        return granted
 
     def _place(self, row_keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, have: torch.Tensor,
                granted: torch.Tensor, estimate: torch.Tensor) -> None:
@@ -436,37 +448,13 @@ class VhpiChunkStore(nn.Module):
     # ---- checkpoints ---------------------------------------------------------------------------------
     def checkpoint_problems(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> List[str]:
         """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into this store, if they
-        cannot: other tables, chunk size or optimizer, or more than this budget holds / another sketch."""
-        def entry(name: str):
-            return state_dict.get(prefix + name)
+        cannot (``emb_opt.store_checkpoints``)."""
+        from emb_opt.store_checkpoints import checkpoint_problems
 
-        for name in ("table_rows", "table_chunks"):
-            value = entry(name)
-            if value is not None and not torch.equal(value.to(getattr(self, name).device), getattr(self, name)):
-                return [f"{prefix}{name}: checkpoint tables {value.tolist()} differ from this module's "
-                        f"{getattr(self, name).tolist()} (tables {self.table_names})"]
-        problems = []
-        c, width = self.config.chunk_size, self.config.optimizer.state_width(self.config.chunk_size)
-        weights, state, keys, sketch = entry("pool_weights"), entry("pool_state"), entry("entry_keys"), entry("sketch")
-        if weights is not None and (weights.dim() != 2 or weights.shape[1] != c):
-            problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(weights.shape)[1:]} do not match "
-                            f"this module's chunk_size {c}")
-        if state is not None and (state.dim() != 2 or state.shape[1] != width):
-            problems.append(f"{prefix}pool_state: checkpoint optimizer state has {tuple(state.shape)[1:]} floats per chunk; "
-                            f"this module's optimizer {self.config.optimizer.value!r} keeps {width} -- build it with "
-                            "the checkpoint's optimizer")
-        if weights is not None and keys is not None and not self.plan.fits(weights.shape[0], keys.numel()):
-            problems.append(f"{prefix}pool_weights: the checkpoint holds {weights.shape[0]} chunk slots and "
-                            f"{keys.numel()} rows, more than this module's memory budget ({self.plan.budget_bytes} "
-                            "bytes) allows -- build it with the checkpoint's memory_budget")
-        if sketch is not None and tuple(sketch.shape) != tuple(self.sketch.shape):
-            problems.append(f"{prefix}sketch: the checkpoint's utility sketch is {tuple(sketch.shape)}, this module's "
-                            f"{tuple(self.sketch.shape)}: it was saved under another memory_budget (this one: "
-                            f"{self.plan.budget_bytes} bytes) or sketch_fraction")
-        return problems
+        return checkpoint_problems(self, state_dict, prefix)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        from emb_opt.legacy_store import convert_chunk_keyed_checkpoint
+        from emb_opt.store_checkpoints import convert_chunk_keyed_checkpoint
 
         convert_chunk_keyed_checkpoint(state_dict, prefix, self.config)  # the older chunk-keyed layout, in place
         # nothing is changed unless the whole checkpoint fits (a refused load leaves the training state intact)

@@ -14,7 +14,7 @@ from typing import Dict, TYPE_CHECKING
 import torch
 
 from cuda_ext.reference.vhpi import MAX_CHUNKS, pack_row_key
-from emb_opt.resize import effective_utility, target_bytes
+from emb_opt.resize import effective_utility, keep_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
@@ -45,9 +45,8 @@ def import_dense_weights(collection: "FiitedEmbeddingBagCollection", weights: Di
     keys = torch.cat(all_keys)
     chunks = torch.cat(all_chunks)
     score = effective_utility(keys, torch.cat(all_scores), store.max_chunks)  # keys are sorted already
-    cost = store.plan.bytes_per_slot + ((keys & (MAX_CHUNKS - 1)) == 0).to(torch.float64) * store.plan.bytes_per_row
     order = torch.argsort(score, descending=True, stable=True)
-    order = order[: int((torch.cumsum(cost[order], 0) <= target_bytes(store)).sum())]
+    order = order[: store.plan.affordable((keys[order] & (MAX_CHUNKS - 1)) == 0, keep_limit(store))]
     order = order.sort().values  # back to key order: rows together, chunks in order (prefix-closed by the min)
     row_keys, counts = torch.unique_consecutive(keys[order] & ~(MAX_CHUNKS - 1), return_counts=True)
     free_slots, free_rows = store.ensure_free(order.numel(), row_keys.numel())

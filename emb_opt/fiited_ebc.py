@@ -20,6 +20,7 @@ get their gradient).
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Dict, List, Optional, Union
 
 import torch
@@ -29,7 +30,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from cuda_ext import ops
 from emb_opt.budget import chunk_counts, plan_store, resolve_budget, total_full_bytes
-from emb_opt.chunk_bag_lookup import BatchPlan, ChunkBagLookup, EvalChunkBagLookup
+from emb_opt.chunk_bag_lookup import BatchPlan, ChunkBagLookup, EvalChunkBagLookup, PendingBackward
 from emb_opt.chunk_store import STEP, VhpiChunkStore
 from emb_opt.config import FiitedConfig, merge_config
 from emb_opt.resize import resize_due, resize_store, telemetry_record
@@ -205,13 +206,15 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             self._maybe_resize()
         plan = self._plan(features)
         if training:
-            plan.slots = self.store.admit(plan.row_keys, plan.slots)
+            # rows move only when no earlier forward's backward still holds their slots
+            plan.slots = self.store.admit(plan.row_keys, plan.slots, allow_moves=self._pending_backward == 0)
             if self.config.prefix_dropout > 0:
                 self._drop_chunk_suffixes(plan)
             self.store.counters[STEP] += 1
-            self._pending_backward += 1
+            self._hold_until_backward(plan)
             out = ChunkBagLookup.apply(self._anchor, plan.weights, self, plan)
         elif plan.weights is not None and plan.weights.requires_grad and torch.is_grad_enabled():
+            self._hold_until_backward(plan)
             out = EvalChunkBagLookup.apply(plan.weights, self, plan)  # weights get their gradient; nothing trains
         else:
             out = self._pool(plan)
@@ -252,8 +255,26 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks
             wanting &= ~plan.truncated
         store.sketch_add(plan.row_keys[wanting], candidate[wanting])
-        self._pending_backward = max(0, self._pending_backward - 1)
+        self._release(plan.pending)
         return weight_grad if need_weight_grad else None
+
+    def _hold_until_backward(self, plan: BatchPlan) -> None:
+        """Count a forward whose backward has not run: resizes wait for it, and rows do not move meanwhile (its
+        backward writes through its slot matrix). Released by that backward, or when autograd frees the graph
+        without one (a skipped backward, a dropped output), so a skipped step does not stop resizing."""
+        plan.pending = PendingBackward()
+        self._pending_backward += 1
+        weakref.finalize(plan, self._release, plan.pending)
+
+    def _release(self, token: Optional[PendingBackward]) -> None:
+        if token is not None and not token.released:
+            token.released = True
+            self._pending_backward -= 1
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pending_backward"] = 0  # a copy (deepcopy, pickle) holds no autograd graph of these forwards
+        return state
 
     # ---- resizing ----------------------------------------------------------------------------------
     def _maybe_resize(self) -> None:
@@ -262,6 +283,10 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     def resize_now(self) -> Dict[str, Any]:
         """Run a resize step immediately (normally scheduled); returns its telemetry record."""
+        if self._pending_backward:
+            raise RuntimeError(
+                f"resize_now(): {self._pending_backward} forward(s) of this collection still wait for their backward, "
+                "and a resize moves the slots their backward updates; call it after backward (or drop those outputs)")
         record = resize_store(self.store)
         self.telemetry.append(record)
         return record
@@ -330,6 +355,12 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # the checkpoint's self-description names what differs (optimizer, chunk size, budget) before the store's
         # own shape checks; a mismatch refuses the whole load, so the module keeps its training state
+        if self._pending_backward:
+            error_msgs.append(f"{prefix or 'FIITED collection '}{self._pending_backward} forward(s) still wait for their "
+                              "backward, which would write into the loaded store; load before the forward or after "
+                              "the backward")
+            self.store._refuse_next_load = True
+            return
         saved = state_dict.get(prefix + "_extra_state")
         if isinstance(saved, dict) and saved.get("kind") == self.report_kind:
             mine = {"optimizer": self.config.optimizer.value, "chunk_size": self.config.chunk_size,

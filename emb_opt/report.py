@@ -43,7 +43,7 @@ from torch import nn
 from cuda_ext.reference.vhpi import key_table
 from emb_opt.budget import full_table_bytes
 from emb_opt.config import FiitedConfig, OptimizerType, parse_optimizer
-from emb_opt.legacy_store import is_chunk_keyed, row_keyed_buffers
+from emb_opt.store_checkpoints import is_chunk_keyed, row_keyed_buffers
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas

@@ -33,7 +33,6 @@ from typing import Any, Dict
 import torch
 
 from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
-from emb_opt.budget import BUCKET_BYTES, MIN_BUCKETS
 from emb_opt.chunk_store import DENIED, DENIED_AT_LAST_RESIZE, LAST_RESIZE_STEP, PRUNED, RESIZES, STEP, VhpiChunkStore
 
 
@@ -51,11 +50,11 @@ def resize_due(store: VhpiChunkStore) -> bool:
             and step - counters[LAST_RESIZE_STEP] >= config.pressure_resize_steps)
 
 
-def target_bytes(store: VhpiChunkStore) -> float:
-    """Bytes of chunks and row entries a resize keeps: the budget less the reserve (and the hash table's
-    rounding), so the compacted store always fits."""
-    slack = MIN_BUCKETS * BUCKET_BYTES + BUCKET_BYTES
-    return (1.0 - store.config.reserve_fraction) * store.plan.available_bytes - slack
+def keep_limit(store: VhpiChunkStore) -> float:
+    """Bytes of chunks and row entries a resize keeps: the budget less the reserve -- but never less than one
+    row of one chunk, so a budget that holds one row is not emptied by its reserve."""
+    plan = store.plan
+    return max((1.0 - store.config.reserve_fraction) * plan.available_bytes, float(plan.variable_bytes(1, 1)))
 
 
 def position_scale(max_chunks: int, exponent: float, device: torch.device) -> torch.Tensor:
@@ -119,10 +118,9 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
     e = effective_utility(keys, utility / scale[chunk], store.max_chunks)
     keep = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
     theta = 0.0
-    cost = store.plan.bytes_per_slot + (chunk == 0).to(torch.float64) * store.plan.bytes_per_row
-    if float(cost.sum()) > target_bytes(store):
-        rank = torch.argsort(e, descending=True, stable=True)
-        kept = int((torch.cumsum(cost[rank], 0) <= target_bytes(store)).sum())
+    rank = torch.argsort(e, descending=True, stable=True)
+    kept = store.plan.affordable(chunk[rank] == 0, keep_limit(store))
+    if kept < keys.numel():
         keep[:] = False
         keep[rank[:kept]] = True
         theta = float(e[rank[kept - 1]]) if kept > 0 else math.inf

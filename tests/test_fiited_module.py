@@ -14,7 +14,7 @@ from torchrec.optim import RowWiseAdagrad
 import emb_opt
 from emb_opt.budget import total_full_bytes
 from emb_opt.config import OptimizerType
-from emb_opt.resize import target_bytes
+from emb_opt.resize import keep_limit
 from emb_opt.convert import convert
 from tests.fiited_helpers import random_kjt, small_tables
 
@@ -88,9 +88,10 @@ def test_budget_is_never_exceeded_and_resizes_prune_to_target():
             plan = m.store.plan
             assert m.memory_bytes() == plan.fixed_bytes + plan.variable_bytes(m.store.capacity, m.store.row_capacity)
     assert len(m.telemetry) == 9  # steps 4, 7, ..., 28
-    plan, target = m.store.plan, target_bytes(m.store)
+    plan, limit = m.store.plan, keep_limit(m.store)
+    assert limit == pytest.approx((1 - m.config.reserve_fraction) * plan.available_bytes)
     for record in m.telemetry:  # what a resize keeps fits the budget less the reserve, index entries counted
-        assert record["live_chunks"] * plan.bytes_per_slot + record["live_rows"] * plan.bytes_per_row <= target
+        assert plan.variable_bytes(record["live_chunks"], record["live_rows"]) <= limit
         assert record["allocated_bytes"] <= m.budget_bytes
     assert m.store.counter_dict()["pruned_chunks"] > 0
     # rows keep a prefix of their chunks: every live chunk k > 0 has chunk k-1 live
@@ -108,8 +109,7 @@ def test_resize_keeps_highest_prefix_utilities_and_readmits_rising_rows():
     assert store.num_live == 200
     # pretend the budget allows only 3 chunks in 2 rows, and set utilities by hand
     plan = store.plan
-    slack = plan.available_bytes - target_bytes(store)  # reserve_fraction is 0: the hash table's rounding
-    plan.available_bytes = int(3 * plan.bytes_per_slot + 2 * plan.bytes_per_row + slack + 1)
+    plan.available_bytes = plan.variable_bytes(3, 2)  # reserve_fraction is 0: exactly 3 chunks in 2 rows
     slots, keys = store.live_keys()
     util = torch.zeros_like(store.slot_utility)
     rows, chunk = (keys >> 6), keys & 63

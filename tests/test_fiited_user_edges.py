@@ -251,3 +251,72 @@ def test_eval_mode_gives_per_sample_weights_their_gradient_and_trains_nothing(po
     assert bool((got != 0).any())
     after = m.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items() if isinstance(v, torch.Tensor))  # nothing trained
+
+
+def _holes_and_free_slots_are_zero(store) -> bool:
+    """Every pool slot outside a live row's run is zero: nothing wrote into a slot a row had left."""
+    in_run = torch.zeros(store.capacity, dtype=torch.bool)
+    entries, _, counts = store.live_rows()
+    for first, count in zip(store.entry_first[entries].tolist(), counts.tolist()):
+        in_run[first : first + count] = True
+    return not bool(store.pool_weights[~in_run].any())
+
+
+def test_two_forwards_before_one_backward_lose_no_update():
+    """A collection called twice per step (two towers, a shared collection): the second forward must not move
+    rows whose slots the first forward's backward will write to."""
+    tables = small_tables(dim=64, rows=(300, 200))
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 0.1, chunk_size=4, optimizer="sgd", learning_rate=0.1, warmup_steps=3,
+                                             resize_interval=4, pressure_resize_steps=2, position_exponent=1.0,
+                                             reserve_fraction=0.3, initial_capacity=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for step in range(25):
+            a = m(random_kjt(2 * step, batch_size=32, rows=(300, 200), max_len=4))
+            b = m(random_kjt(2 * step + 1, batch_size=32, rows=(300, 200), max_len=4))
+            (a.values().sum() + b.values().sum()).backward()
+            assert _holes_and_free_slots_are_zero(m.store), f"step {step}: an update went to a slot its row had left"
+    assert m.store.counter_dict()["relocated_rows"] > 0  # rows did grow, in the first forwards of steps
+
+
+def test_resize_and_load_between_a_forward_and_its_backward_are_refused():
+    m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), 10**5, chunk_size=4)
+    out = m(random_kjt(0))
+    saved = copy.deepcopy(m.state_dict())
+    with pytest.raises(RuntimeError, match=r"resize_now\(\): 1 forward\(s\) of this collection still wait for their backward"):
+        m.resize_now()
+    with pytest.raises(RuntimeError, match="still wait for their backward"):
+        m.load_state_dict(saved)
+    out.values().sum().backward()
+    m.resize_now()  # after the backward both are fine
+    m.load_state_dict(saved)
+
+
+def test_a_skipped_backward_does_not_stop_resizing():
+    tables = small_tables()
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**5, chunk_size=4, warmup_steps=2, resize_interval=2)
+    for step in range(10):
+        out = m(random_kjt(step))
+        if step != 3:  # e.g. a NaN loss skipped: the output (and its graph) is dropped
+            out.values().sum().backward()
+        del out
+    assert m._pending_backward == 0 and len(m.telemetry) == 4  # steps 2, 4, 6, 8
+    out = m(random_kjt(10))
+    assert m._pending_backward == 1 and copy.deepcopy(m)._pending_backward == 0  # a copy holds no graph of m's
+
+
+@pytest.mark.parametrize("budget", [375, 450, 575, 800])
+def test_a_budget_just_above_the_minimum_stores_what_fits(budget):
+    """One row of a 64-dim table in chunks of 4 (16 chunks) under a few hundred bytes: the row gets the prefix the
+    budget holds, not nothing."""
+    tables = [EmbeddingBagConfig(name="t", embedding_dim=64, num_embeddings=100, feature_names=["f"])]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, budget, chunk_size=4, warmup_steps=10**6)
+    plan = m.store.plan
+    fitting = max(k for k in range(1, 17) if plan.fits(k, 1))
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([7]), lengths=torch.tensor([1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = m(kjt).values()
+    assert int(m.store.active_chunks(0, torch.tensor([7]))) == fitting
+    assert bool(out[0, : 4 * fitting].ne(0).all()) and not bool(out[0, 4 * fitting :].any())
+    assert m.memory_bytes() <= m.budget_bytes

@@ -1,4 +1,7 @@
-"""Checkpoints of the older chunk-keyed VHPI layout, converted to the row-keyed one on load.
+"""Loading a VHPI store checkpoint: what makes one unloadable, and the older chunk-keyed layout, converted.
+
+``checkpoint_problems`` names why a checkpoint cannot load into a store (other tables, chunk size, optimizer,
+more than the budget holds); the load is then refused and the store keeps its state.
 
 Before the row index, the store keyed every chunk: ``slot_keys [S] int64`` (the chunk key of each slot, -1 =
 free), ``hash_buckets`` over slots and a ``free_stack`` of freed slots, with 8 or 10 counters. Its rows were
@@ -9,7 +12,7 @@ sized to the live chunks and grow again on demand.
 """
 from __future__ import annotations
 
-from typing import Dict, MutableMapping
+from typing import TYPE_CHECKING, Dict, List, Mapping, MutableMapping
 
 import torch
 
@@ -17,6 +20,9 @@ from cuda_ext import ops
 from cuda_ext.reference.vhpi import MAX_CHUNKS
 from emb_opt.budget import num_buckets_for
 from emb_opt.config import FiitedConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emb_opt.chunk_store import VhpiChunkStore
 
 # counter positions shared by both layouts; the row-keyed one appends row_high_water and relocated_rows
 _HIGH_WATER, _DENIED, _DENIED_AT_LAST_RESIZE, _ROW_HIGH_WATER, _COUNTERS = 1, 3, 9, 10, 12
@@ -74,3 +80,35 @@ def row_keyed_buffers(old: Dict[str, torch.Tensor], config: FiitedConfig, where:
         counters[_HIGH_WATER], counters[_ROW_HIGH_WATER] = n, r
         out["counters"] = counters
     return out
+
+
+def checkpoint_problems(store: "VhpiChunkStore", state_dict: Mapping[str, torch.Tensor], prefix: str) -> List[str]:
+    """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into ``store``, if they
+    cannot: other tables, chunk size or optimizer, or more than its budget holds / another sketch."""
+    def entry(name: str):
+        return state_dict.get(prefix + name)
+
+    for name in ("table_rows", "table_chunks"):
+        value = entry(name)
+        if value is not None and not torch.equal(value.to(getattr(store, name).device), getattr(store, name)):
+            return [f"{prefix}{name}: checkpoint tables {value.tolist()} differ from this module's "
+                    f"{getattr(store, name).tolist()} (tables {store.table_names})"]
+    problems = []
+    c, width = store.config.chunk_size, store.config.optimizer.state_width(store.config.chunk_size)
+    weights, state, keys, sketch = entry("pool_weights"), entry("pool_state"), entry("entry_keys"), entry("sketch")
+    if weights is not None and (weights.dim() != 2 or weights.shape[1] != c):
+        problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(weights.shape)[1:]} do not match "
+                        f"this module's chunk_size {c}")
+    if state is not None and (state.dim() != 2 or state.shape[1] != width):
+        problems.append(f"{prefix}pool_state: checkpoint optimizer state has {tuple(state.shape)[1:]} floats per chunk; "
+                        f"this module's optimizer {store.config.optimizer.value!r} keeps {width} -- build it with "
+                        "the checkpoint's optimizer")
+    if weights is not None and keys is not None and not store.plan.fits(weights.shape[0], keys.numel()):
+        problems.append(f"{prefix}pool_weights: the checkpoint holds {weights.shape[0]} chunk slots and "
+                        f"{keys.numel()} rows, more than this module's memory budget ({store.plan.budget_bytes} "
+                        "bytes) allows -- build it with the checkpoint's memory_budget")
+    if sketch is not None and tuple(sketch.shape) != tuple(store.sketch.shape):
+        problems.append(f"{prefix}sketch: the checkpoint's utility sketch is {tuple(sketch.shape)}, this module's "
+                        f"{tuple(store.sketch.shape)}: it was saved under another memory_budget (this one: "
+                        f"{store.plan.budget_bytes} bytes) or sketch_fraction")
+    return problems
