@@ -433,8 +433,7 @@ class VhpiChunkStore(nn.Module):
             self.entry_chunks[entries] = length[new].to(torch.int8)
             self.counters[ROW_HIGH_WATER] = start + entries.numel()
             self._insert(entries)
-        owner = torch.repeat_interleave(torch.arange(rows.numel(), device=slots.device), granted)
-        within = torch.arange(owner.numel(), device=slots.device) - torch.repeat_interleave(torch.cumsum(granted, 0) - granted, granted)
+        owner, within = run_positions(granted)
         chunk = have[owner] + within
         new_slots = first[owner] + chunk
         keys = row_keys[rows[owner]] + chunk
@@ -484,6 +483,13 @@ def run_slots(entries: torch.Tensor, entry_first: torch.Tensor, entry_chunks: to
 
 def _expand_runs(first: torch.Tensor, row_keys: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(slots, chunk keys) of rows whose ``counts`` chunks lie at ``first``, ``first + 1``, ... (row by row)."""
-    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
-    within = torch.arange(owner.numel(), device=counts.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    owner, within = run_positions(counts)
     return first[owner] + within, row_keys[owner] + within
+
+
+def run_positions(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For runs of ``counts`` [n] items laid end to end: the run of each item and its position in the run,
+    int64 [sum counts] each (counts 2, 1, 3 -> runs 0 0 1 2 2 2, positions 0 1 0 0 1 2)."""
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return owner, torch.arange(owner.numel(), device=counts.device) - start

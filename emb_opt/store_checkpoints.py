@@ -19,6 +19,7 @@ import torch
 from cuda_ext import ops
 from cuda_ext.reference.vhpi import MAX_CHUNKS
 from emb_opt.budget import num_buckets_for
+from emb_opt.chunk_store import run_positions
 from emb_opt.config import FiitedConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +52,7 @@ def row_keyed_buffers(old: Dict[str, torch.Tensor], config: FiitedConfig, where:
     keys, order = torch.sort(slot_keys[live])
     live = live[order]
     row_keys, counts = torch.unique_consecutive(keys & ~(MAX_CHUNKS - 1), return_counts=True)
-    within = torch.arange(keys.numel(), device=keys.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    _, within = run_positions(counts)
     if not torch.equal(keys & (MAX_CHUNKS - 1), within):
         raise ValueError(f"{where}slot_keys: the checkpoint's rows are not chunk prefixes 0..k-1; it is damaged")
     n, r = keys.numel(), row_keys.numel()
