@@ -289,17 +289,22 @@ class VhpiChunkStore(nn.Module):
         n, total = row_keys.numel(), int(counts.sum())
         if n == 0:
             return
-        first_slot, first_entry = int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER])
-        entries = torch.arange(first_entry, first_entry + n, device=row_keys.device)
-        self.entry_keys[entries] = row_keys
-        self.entry_first[entries] = (first_slot + torch.cumsum(counts, 0) - counts).to(torch.int32)
-        self.entry_chunks[entries] = counts.to(torch.int8)
+        first_slot = int(self.counters[HIGH_WATER])
+        self._add_entries(row_keys, first_slot + torch.cumsum(counts, 0) - counts, counts)
         run = slice(first_slot, first_slot + total)
         self.pool_weights[run] = weights
         self.pool_state[run] = 0
         self.slot_utility[run] = utility
         self.counters[HIGH_WATER] = first_slot + total
-        self.counters[ROW_HIGH_WATER] = first_entry + n
+
+    def _add_entries(self, row_keys: torch.Tensor, first: torch.Tensor, counts: torch.Tensor) -> None:
+        """Index entries for new rows (runs at ``first``, ``counts`` chunks) at the entry high-water mark."""
+        start = int(self.counters[ROW_HIGH_WATER])
+        entries = torch.arange(start, start + row_keys.numel(), device=row_keys.device)
+        self.entry_keys[entries] = row_keys
+        self.entry_first[entries] = first.to(torch.int32)
+        self.entry_chunks[entries] = counts.to(torch.int8)
+        self.counters[ROW_HIGH_WATER] = start + entries.numel()
         self._insert(entries)
 
     def compact(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
@@ -353,11 +358,11 @@ class VhpiChunkStore(nn.Module):
         if rows.numel() == 0:
             return slots
         have = live[rows]
-        need_slots = have + wanted  # a row that grows moves to a new run of its new length
-        need_rows = (have == 0).to(torch.int64)
-        free_slots, free_rows = self.ensure_free(int(need_slots.sum()), int(need_rows.sum()))
+        need_slots = int((have + wanted).sum())  # a row that grows moves to a new run of its new length
+        need_rows = int((have == 0).sum())
+        free_slots, free_rows = self.ensure_free(need_slots, need_rows)
         granted = wanted
-        if free_slots < int(need_slots.sum()) or free_rows < int(need_rows.sum()):
+        if free_slots < need_slots or free_rows < need_rows:
             # not all of it fits: highest candidate utility first, ties in a pseudo-random order
             order = torch.argsort(ops.mix_hash(row_keys[rows], 1 << 62, self.step))
             order = order[torch.argsort(estimate[order], descending=True, stable=True)]
@@ -426,13 +431,7 @@ class VhpiChunkStore(nn.Module):
             self.counters[RELOCATED_ROWS] += int(moving.sum())
         new = ~moving
         if bool(new.any()):
-            start = int(self.counters[ROW_HIGH_WATER])
-            entries = torch.arange(start, start + int(new.sum()), device=slots.device)
-            self.entry_keys[entries] = row_keys[rows[new]]
-            self.entry_first[entries] = first[new].to(torch.int32)
-            self.entry_chunks[entries] = length[new].to(torch.int8)
-            self.counters[ROW_HIGH_WATER] = start + entries.numel()
-            self._insert(entries)
+            self._add_entries(row_keys[rows[new]], first[new], length[new])
         owner, within = run_positions(granted)
         chunk = have[owner] + within
         new_slots = first[owner] + chunk
