@@ -2,13 +2,13 @@
 
 The store keeps a row's live chunks as one contiguous run of pool slots and indexes *rows*, not chunks:
 
-* per chunk slot: the chunk (4c bytes), its optimizer state (0 / 4c / 4 bytes) and its utility (4);
-* per stored row: its key (8), the first slot of its run (4), its live chunk count (1) and its hash buckets
-  (4 bytes each, 1/max_load_factor per row).
+* per chunk slot: the chunk (4c bytes), its optimizer state (Adagrad: 4c bytes) and its utility (4);
+* per stored row: its key (8), the first slot of its run (4), its live chunk count (1), row-wise Adagrad's
+  accumulator (4) and its hash buckets (4 bytes each, 1/max_load_factor per row).
 
-So a whole row of D = 64 floats in chunks of 16 with row-wise Adagrad costs 4 x 72 + 21 = 309 bytes, and the
+So a whole row of D = 64 floats in chunks of 16 with row-wise Adagrad costs 4 x 68 + 25 = 297 bytes, and the
 same row stored whole (row pruning: one chunk of 64) 285 -- against 353 with a key and buckets per chunk, the
-layout before. The fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table
+first layout, and 309 with the accumulator kept in the slot of the row's first chunk (a float in every slot). The fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table
 metadata. Nothing scales with the number of virtual rows: a 10^8-row table costs only what its live rows cost.
 
 A full (dense) table costs ``rows x (4D + dense optimizer state per row)`` -- the baseline a budget fraction
@@ -51,9 +51,14 @@ def slot_bytes(config: FiitedConfig) -> int:
     return FLOAT_BYTES * c + FLOAT_BYTES * config.optimizer.state_width(c) + UTILITY_BYTES
 
 
+def entry_bytes(config: FiitedConfig) -> int:
+    """Bytes of one row's index entry: key, run start, chunk count and its per-row optimizer state."""
+    return ENTRY_BYTES + FLOAT_BYTES * config.optimizer.row_state_width
+
+
 def row_bytes(config: FiitedConfig) -> float:
     """Bytes one stored row costs on top of its chunks: its index entry and buckets (at the maximal load)."""
-    return ENTRY_BYTES + BUCKET_BYTES / config.max_load_factor
+    return entry_bytes(config) + BUCKET_BYTES / config.max_load_factor
 
 
 def num_buckets_for(rows: int, config: FiitedConfig) -> int:
@@ -77,10 +82,11 @@ class StorePlan:
     max_rows: int = 0
     available_bytes: int = 0
     max_load_factor: float = 0.5
+    bytes_per_entry: int = ENTRY_BYTES  # a row's index entry without its buckets (``entry_bytes``)
 
     def variable_bytes(self, slots: int, rows: int) -> int:
         buckets = max(MIN_BUCKETS, math.ceil(rows / self.max_load_factor))
-        return int(slots * self.bytes_per_slot + rows * ENTRY_BYTES + buckets * BUCKET_BYTES)
+        return int(slots * self.bytes_per_slot + rows * self.bytes_per_entry + buckets * BUCKET_BYTES)
 
     def fits(self, slots: int, rows: int) -> bool:
         return self.variable_bytes(slots, rows) <= self.available_bytes
@@ -89,7 +95,7 @@ class StorePlan:
         """``variable_bytes(slots[i], rows[i]) <= limit`` for tensors of counts (bool tensor)."""
         rows = rows.to(torch.float64)
         buckets = torch.ceil(rows / self.max_load_factor).clamp(min=MIN_BUCKETS)
-        return slots.to(torch.float64) * self.bytes_per_slot + rows * ENTRY_BYTES + buckets * BUCKET_BYTES <= limit
+        return slots.to(torch.float64) * self.bytes_per_slot + rows * self.bytes_per_entry + buckets * BUCKET_BYTES <= limit
 
     def affordable(self, starts_row: "torch.Tensor", limit: float) -> int:
         """How many of a ranked list of chunks fit in ``limit`` bytes, taken in order: each costs a slot, and an
@@ -147,7 +153,7 @@ def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: 
         + COUNTER_BYTES
     )
     plan = StorePlan(budget_bytes, full_bytes, 0, sketch_width, fixed, slot_bytes(config), row_bytes(config), 0,
-                     max(0, budget_bytes - fixed), config.max_load_factor)
+                     max(0, budget_bytes - fixed), config.max_load_factor, entry_bytes(config))
     smallest = plan.variable_bytes(1, 1)
     if not plan.fits(1, 1):
         raise ValueError(

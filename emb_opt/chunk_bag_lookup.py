@@ -36,6 +36,7 @@ class BatchPlan:
     batch_size: int
     truncated: Optional[torch.Tensor] = None  # [U] bool: rows cut short by prefix dropout this step
     pending: Optional["PendingBackward"] = None  # set while its backward has not run
+    entries: Optional[torch.Tensor] = None  # [U] int32 index entry of each row (-1: not stored): per-row state
 
 
 class PendingBackward:

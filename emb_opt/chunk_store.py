@@ -7,9 +7,11 @@ a hash table (``hash_buckets``, int32 entry ids, linear probing, bounded probe) 
 index entry, which says where the run starts and how long it is:
 
     pool_weights [S, c] float32   the chunks              entry_keys   [R] int64  row key of each entry (-1 = none)
-    pool_state   [S, w] float32   optimizer state         entry_first  [R] int32  first slot of the row's run
+    pool_state   [S, w] float32   per-chunk opt. state    entry_first  [R] int32  first slot of the row's run
     slot_utility [S]    float32   decayed utility         entry_chunks [R] int8   live chunks k_r (0 = none)
-    hash_buckets [H]    int32     H = R / max_load_factor
+    hash_buckets [H]    int32     H = R / max_load_factor entry_state  [R, v] float32  per-row optimizer state
+
+(w = c for Adagrad, else 0; v = 1 for row-wise Adagrad -- its one accumulator per row -- else 0.)
     sketch       [2, M] float32   count-min sketch of utilities of chunks that are *not* stored
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
 
@@ -20,7 +22,7 @@ only its live rows.
 
 Allocation is a bump allocator in both arrays (``counters['high_water']`` slots, ``counters['row_high_water']``
 entries used). A row that earns more chunks moves to a new run of the longer length at the high-water mark
-(its chunks, optimizer state and utilities go with it); the old run stays a hole until the next resize, which
+(its chunks, their optimizer state and utilities go with it; its entry stays); the old run stays a hole until the next resize, which
 always compacts: live rows move to the front in key order and the arrays are re-sized to the live rows plus
 the reserve. Pool and index grow on demand (x1.5), always within the budget: allocated bytes -- not just live
 bytes -- stay within the memory budget at all times (``StorePlan.fits``).
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -95,6 +97,7 @@ class VhpiChunkStore(nn.Module):
         self.register_buffer("entry_keys", torch.full((rows,), -1, dtype=torch.int64, **kw))
         self.register_buffer("entry_first", torch.zeros(rows, dtype=torch.int32, **kw))
         self.register_buffer("entry_chunks", torch.zeros(rows, dtype=torch.int8, **kw))
+        self.register_buffer("entry_state", torch.zeros(rows, config.optimizer.row_state_width, **kw))
         self.register_buffer("hash_buckets", torch.full((num_buckets_for(rows, config),), -1, dtype=torch.int32, **kw))
         self.register_buffer("sketch", torch.zeros(SKETCH_DEPTH, plan.sketch_width, **kw))
         self.register_buffer("thresholds", torch.zeros(self.max_chunks, **kw))
@@ -144,6 +147,12 @@ class VhpiChunkStore(nn.Module):
     def step(self) -> int:
         return int(self.counters[STEP])
 
+    @property
+    def optimizer_state(self) -> torch.Tensor:
+        """The state the fused optimizer updates: ``entry_state`` (per row) for row-wise Adagrad, else
+        ``pool_state`` (per slot)."""
+        return self.entry_state if self.config.optimizer.row_state_width else self.pool_state
+
     def counter_dict(self) -> Dict[str, int]:
         return dict(zip(COUNTER_NAMES, self.counters.tolist()))
 
@@ -154,7 +163,7 @@ class VhpiChunkStore(nn.Module):
 
         return {
             "weights": nbytes(self.pool_weights),
-            "optimizer": nbytes(self.pool_state),
+            "optimizer": nbytes(self.pool_state, self.entry_state),
             "index": nbytes(self.entry_keys, self.entry_first, self.entry_chunks, self.hash_buckets),
             "utility": nbytes(self.slot_utility, self.sketch),
             "metadata": nbytes(self.table_rows, self.table_chunks, self.init_scale, self.table_salt, self.thresholds,
@@ -176,7 +185,13 @@ class VhpiChunkStore(nn.Module):
 
     def lookup(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Live chunk slots of each row: int32 [U, max_chunks], -1 past the live prefix."""
-        return run_slots(self.find_entries(row_keys), self.entry_first, self.entry_chunks, self.max_chunks)
+        return self.lookup_rows(row_keys)[1]
+
+    def lookup_rows(self, row_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(entries int32 [U] (-1: not stored), slots int32 [U, max_chunks]) of each row: its index entry (where
+        its per-row optimizer state is) and its live chunk slots."""
+        entries = self.find_entries(row_keys)
+        return entries.to(torch.int32), run_slots(entries, self.entry_first, self.entry_chunks, self.max_chunks)
 
     def live_rows(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(entries, row keys, chunk counts) of every stored row, sorted by row key."""
@@ -254,6 +269,7 @@ class VhpiChunkStore(nn.Module):
             self.entry_keys = resized(self.entry_keys, rows, -1)
             self.entry_first = resized(self.entry_first, rows, 0)
             self.entry_chunks = resized(self.entry_chunks, rows, 0)
+            self.entry_state = resized(self.entry_state, rows, 0)
             self.rebuild_hash()
 
     def rebuild_hash(self) -> None:
@@ -297,15 +313,18 @@ class VhpiChunkStore(nn.Module):
         self.slot_utility[run] = utility
         self.counters[HIGH_WATER] = first_slot + total
 
-    def _add_entries(self, row_keys: torch.Tensor, first: torch.Tensor, counts: torch.Tensor) -> None:
-        """Index entries for new rows (runs at ``first``, ``counts`` chunks) at the entry high-water mark."""
+    def _add_entries(self, row_keys: torch.Tensor, first: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Index entries for new rows (runs at ``first``, ``counts`` chunks, zero optimizer state) at the entry
+        high-water mark; returns them (int64 [n])."""
         start = int(self.counters[ROW_HIGH_WATER])
         entries = torch.arange(start, start + row_keys.numel(), device=row_keys.device)
         self.entry_keys[entries] = row_keys
         self.entry_first[entries] = first.to(torch.int32)
         self.entry_chunks[entries] = counts.to(torch.int8)
+        self.entry_state[entries] = 0
         self.counters[ROW_HIGH_WATER] = start + entries.numel()
         self._insert(entries)
+        return entries
 
     def compact(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
         """Keep only the chunks ``slots`` (keys ``keys``, sorted, prefix-closed rows): move them to the front in
@@ -313,6 +332,7 @@ class VhpiChunkStore(nn.Module):
         n = keys.numel()
         row_keys, counts = torch.unique_consecutive(keys & ~(MAX_CHUNKS - 1), return_counts=True)
         r = row_keys.numel()
+        row_state = self.entry_state[self.find_entries(row_keys)]  # kept rows are stored: their entries exist
         reserve = self.config.reserve_fraction / (1.0 - self.config.reserve_fraction)
         start = self.initial_capacities()
         roomy = (max(start[0], n + math.ceil(n * reserve)), max(start[1], r + math.ceil(r * reserve)))
@@ -329,18 +349,22 @@ class VhpiChunkStore(nn.Module):
         self.entry_keys[:r] = row_keys
         self.entry_first[:r] = (torch.cumsum(counts, 0) - counts).to(torch.int32)
         self.entry_chunks[:r] = counts.to(torch.int8)
+        self.entry_state = torch.zeros(row_capacity, self.entry_state.shape[1], device=dev)
+        self.entry_state[:r] = row_state
         self.counters[HIGH_WATER] = n
         self.counters[ROW_HIGH_WATER] = r
         self.counters[COMPACTIONS] += 1
         self.rebuild_hash()
 
     # ---- admission ---------------------------------------------------------------------------------
-    def admit(self, row_keys: torch.Tensor, slots: torch.Tensor, allow_moves: bool = True) -> torch.Tensor:
+    def admit(self, row_keys: torch.Tensor, slots: torch.Tensor, allow_moves: bool = True,
+              entries: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Give touched rows the chunks their candidate utility earns (see the module docstring).
 
         row_keys [U] int64, slots [U, max_chunks] int32 from ``lookup``; returns slots with the new chunks.
-        ``allow_moves=False`` (a forward whose backward is pending holds slots of this store): only rows without
-        chunks get some; rows that have chunks keep them where they are and grow in a later step.
+        ``entries`` [U] int32 from ``lookup_rows``, if given, gets the index entries of newly stored rows (in
+        place). ``allow_moves=False`` (a forward whose backward is pending holds slots of this store): only rows
+        without chunks get some; rows that have chunks keep them where they are and grow in a later step.
         """
         chunks = self.chunks_of(row_keys).to(torch.int64)
         live = (slots >= 0).sum(1)
@@ -383,7 +407,7 @@ class VhpiChunkStore(nn.Module):
         if not bool(got.any()):
             return slots
         rows, granted, estimate, have = rows[got], granted[got], estimate[got], have[got]
-        self._place(row_keys, slots, rows, have, granted, estimate)
+        self._place(row_keys, slots, rows, have, granted, estimate, entries)
         self.sketch_forget(row_keys[rows], estimate)
         self.counters[ADMITTED] += int(granted.sum())
         return slots
@@ -411,9 +435,10 @@ class VhpiChunkStore(nn.Module):
         return granted
 
     def _place(self, row_keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, have: torch.Tensor,
-               granted: torch.Tensor, estimate: torch.Tensor) -> None:
+               granted: torch.Tensor, estimate: torch.Tensor, entries: Optional[torch.Tensor] = None) -> None:
         """Give batch rows ``rows`` (holding ``have`` chunks) ``granted`` more: each gets a new run at the
-        high-water mark; rows that had chunks move there; ``slots`` is updated in place."""
+        high-water mark; rows that had chunks move there (keeping their entry); ``slots`` (and ``entries``, the
+        batch rows' index entries, if given) are updated in place."""
         length = have + granted
         first = int(self.counters[HIGH_WATER]) + torch.cumsum(length, 0) - length
         position = torch.arange(self.max_chunks, device=slots.device)
@@ -425,13 +450,15 @@ class VhpiChunkStore(nn.Module):
             for pool in (self.pool_weights, self.pool_state, self.slot_utility):
                 pool[target] = pool[source]
                 pool[source] = 0
-            entries = self.find_entries(row_keys[rows[moving]])
-            self.entry_first[entries] = first[moving].to(torch.int32)
-            self.entry_chunks[entries] = length[moving].to(torch.int8)
+            moved = self.find_entries(row_keys[rows[moving]])
+            self.entry_first[moved] = first[moving].to(torch.int32)
+            self.entry_chunks[moved] = length[moving].to(torch.int8)
             self.counters[RELOCATED_ROWS] += int(moving.sum())
         new = ~moving
         if bool(new.any()):
-            self._add_entries(row_keys[rows[new]], first[new], length[new])
+            added = self._add_entries(row_keys[rows[new]], first[new], length[new])
+            if entries is not None:
+                entries[rows[new]] = added.to(entries.dtype)
         owner, within = run_positions(granted)
         chunk = have[owner] + within
         new_slots = first[owner] + chunk
@@ -452,9 +479,10 @@ class VhpiChunkStore(nn.Module):
         return checkpoint_problems(self, state_dict, prefix)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        from emb_opt.store_checkpoints import convert_chunk_keyed_checkpoint
+        from emb_opt.store_checkpoints import convert_chunk_keyed_checkpoint, convert_slot_rowwise_state
 
         convert_chunk_keyed_checkpoint(state_dict, prefix, self.config)  # the older chunk-keyed layout, in place
+        convert_slot_rowwise_state(state_dict, prefix, self.config)  # row-wise accumulators kept in slots, in place
         # nothing is changed unless the whole checkpoint fits (a refused load leaves the training state intact)
         problems = self.checkpoint_problems(state_dict, prefix)
         refused, self._refuse_next_load = self._refuse_next_load, False

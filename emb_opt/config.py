@@ -53,8 +53,13 @@ class OptimizerType(str, Enum):
         return {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}[self.value]
 
     def state_width(self, chunk_size: int) -> int:
-        """Floats of optimizer state per chunk slot."""
-        return {"sgd": 0, "adagrad": chunk_size, "rowwise_adagrad": 1}[self.value]
+        """Floats of optimizer state per chunk slot (Adagrad: one per weight)."""
+        return {"sgd": 0, "adagrad": chunk_size, "rowwise_adagrad": 0}[self.value]
+
+    @property
+    def row_state_width(self) -> int:
+        """Floats of optimizer state per stored row, kept at its index entry (row-wise Adagrad's accumulator)."""
+        return {"sgd": 0, "adagrad": 0, "rowwise_adagrad": 1}[self.value]
 
     def dense_state_bytes_per_row(self, dim: int) -> int:
         """Bytes of optimizer state a full (dense) table row of ``dim`` floats carries with this optimizer."""

@@ -196,8 +196,9 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         )
         if int(bad[0]) >= 0:
             self._raise_bad_id(bad, offsets, batch_size)
-        slots = self.store.lookup(row_keys)
-        return BatchPlan(row_keys, inverse, unique_offsets, unique_occ, occ_bag, slots, offsets, weights, batch_size)
+        entries, slots = self.store.lookup_rows(row_keys)
+        return BatchPlan(row_keys, inverse, unique_offsets, unique_occ, occ_bag, slots, offsets, weights, batch_size,
+                         entries=entries)
 
     # ---- forward / backward --------------------------------------------------------------------------
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
@@ -207,7 +208,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         plan = self._plan(features)
         if training:
             # rows move only when no earlier forward's backward still holds their slots
-            plan.slots = self.store.admit(plan.row_keys, plan.slots, allow_moves=self._pending_backward == 0)
+            plan.slots = self.store.admit(plan.row_keys, plan.slots, allow_moves=self._pending_backward == 0,
+                                          entries=plan.entries)
             if self.config.prefix_dropout > 0:
                 self._drop_chunk_suffixes(plan)
             self.store.counters[STEP] += 1
@@ -245,10 +247,10 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     def _backward_update(self, plan: BatchPlan, grad_out: torch.Tensor, need_weight_grad: bool) -> Optional[torch.Tensor]:
         store = self.store
         candidate, weight_grad = ops.chunk_bag_backward_update_(
-            store.pool_weights, store.pool_state, store.slot_utility, grad_out, plan.slots, plan.row_keys,
+            store.pool_weights, store.optimizer_state, store.slot_utility, grad_out, plan.slots, plan.row_keys,
             plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
             self._feature_cols, plan.batch_size, self._pooling_mode, self.config.optimizer.code,
-            self.config.learning_rate, self.config.eps, self.config.utility.code, need_weight_grad,
+            self.config.learning_rate, self.config.eps, self.config.utility.code, need_weight_grad, plan.entries,
         )
         live = (plan.slots >= 0).sum(1)
         wanting = live < store.chunks_of(plan.row_keys)

@@ -9,8 +9,9 @@ collections). Why this shape: the product promise is "X bytes instead of Y"; a u
 which table pays for what, and the numbers must add up to what the store really allocated.
 
 FIITED accounting. A table pays, per live chunk, for its slot: the chunk (``pool_weights``), its optimizer
-state (``pool_state``) and its utility (``slot_utility``); and per stored row for its index entry (``entry_keys``,
-``entry_first``, ``entry_chunks``) and its share of the hash buckets (``floor(rows_t x bucket bytes / entries)``).
+state (``pool_state``, Adagrad) and its utility (``slot_utility``); and per stored row for its index entry
+(``entry_keys``, ``entry_first``, ``entry_chunks``), its optimizer state (``entry_state``, row-wise Adagrad) and its
+share of the hash buckets (``floor(rows_t x bucket bytes / entries)``).
 Everything else -- free slots and entries, holes left by rows that grew, the buckets' remainder, the count-min
 sketch, per-table metadata, counters -- is the ``(shared)`` row, so the
 rows of a collection add up exactly to ``store.total_bytes()`` (every buffer of the store), category by
@@ -43,7 +44,7 @@ from torch import nn
 from cuda_ext.reference.vhpi import key_table
 from emb_opt.budget import full_table_bytes
 from emb_opt.config import FiitedConfig, OptimizerType, parse_optimizer
-from emb_opt.store_checkpoints import is_chunk_keyed, row_keyed_buffers
+from emb_opt.store_checkpoints import has_slot_rowwise_state, is_chunk_keyed, row_keyed_buffers, slot_state_to_entry_state
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas
@@ -62,7 +63,8 @@ MAIN_COLUMNS = ["module", "table", "kind", "virtual_rows", "live_rows", "mean_di
 SHARED, TOTAL, ALL = "(shared)", "TOTAL", "(all)"
 CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
 # VhpiChunkStore buffers by ``allocated_bytes`` category; any other buffer of the store counts as metadata
-_CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_keys": "index", "entry_first": "index",
+_CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_state": "optimizer",
+             "entry_keys": "index", "entry_first": "index",
              "entry_chunks": "index", "hash_buckets": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
 _DENSE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)embedding_bags\.(?P<table>[^.]+)\.weight$")
 _STORE_KEYS = ("store.entry_keys", "store.slot_keys")  # the row-keyed layout, the older chunk-keyed one
@@ -138,6 +140,9 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
     if is_chunk_keyed(buffers):  # a checkpoint of the older layout: reported as it loads now
         converted = row_keyed_buffers({k: v.detach().cpu() for k, v in buffers.items()}, FiitedConfig())
         buffers = {k: v for k, v in buffers.items() if k not in ("slot_keys", "free_stack")} | converted
+    if optimizer.row_state_width and has_slot_rowwise_state(buffers):  # accumulators in slots: as it loads now
+        buffers = dict(buffers) | slot_state_to_entry_state({k: buffers[k].detach().cpu() for k in
+                                                              ("pool_state", "entry_first", "entry_chunks")})
     entry_keys, entry_chunks = buffers["entry_keys"].detach().cpu(), buffers["entry_chunks"].detach().cpu()
     stored = entry_chunks > 0
     row_keys, row_chunks = entry_keys[stored], entry_chunks[stored].to(torch.int64)
@@ -153,6 +158,8 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
         "utility": _nbytes(buffers["slot_utility"]) // capacity,
     }
     per_row = sum(_nbytes(buffers[n]) for n in ("entry_keys", "entry_first", "entry_chunks")) // row_capacity
+    row_state = buffers.get("entry_state")
+    state_per_row = _nbytes(row_state) // row_capacity if row_state is not None else 0
     bucket_bytes = _nbytes(buffers["hash_buckets"])
     rows: List[Dict[str, Any]] = []
     opt = optimizer.value
@@ -166,7 +173,8 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
             module, str(spec["name"]), kind, opt,
             virtual_rows=virtual, physical_rows=stored_rows, embedding_dim=dim, chunk_size=chunk_size,
             live_rows=stored_rows, live_chunks=live, mean_dim=live * chunk_size / stored_rows if stored_rows else 0.0,
-            weights_bytes=live * per_slot["weights"], optimizer_bytes=live * per_slot["optimizer"],
+            weights_bytes=live * per_slot["weights"],
+            optimizer_bytes=live * per_slot["optimizer"] + stored_rows * state_per_row,
             index_bytes=stored_rows * per_row + stored_rows * bucket_bytes // row_capacity,
             utility_bytes=live * per_slot["utility"], metadata_bytes=0,
             full_bytes=full_table_bytes(virtual, dim, optimizer), dims_histogram=format_histogram(hist),
@@ -196,8 +204,12 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
     chunk_size = int(extra.get("chunk_size") or buffers["pool_weights"].shape[1])
     if extra.get("optimizer"):
         optimizer = parse_optimizer(extra["optimizer"])
-    else:  # older checkpoints: the state width tells the optimizer (sgd 0, rowwise 1, adagrad c floats/slot)
+    else:  # older checkpoints: the state's shape tells the optimizer (sgd none, rowwise 1 float per row --
+        # before entry_state: per slot --, adagrad c floats per slot)
         width = buffers["pool_state"].shape[1]
+        row_state = buffers.get("entry_state")
+        if row_state is not None and row_state.dim() == 2 and row_state.shape[1] == 1:
+            width = 1
         optimizer = {0: OptimizerType.SGD, 1: OptimizerType.ROWWISE_ADAGRAD}.get(width, OptimizerType.ADAGRAD)
     tables = extra.get("tables")
     if not tables:

@@ -9,6 +9,10 @@ prefix-closed like today's, so each one becomes one run: live chunks are gathere
 chunks in order) with their optimizer state and utilities, and the row entries, the hash table and the
 high-water counters are built for them. Everything the training state holds survives; the arrays come out
 sized to the live chunks and grow again on demand.
+
+Before ``entry_state``, row-wise Adagrad kept its one accumulator per row in the ``pool_state [S, 1]`` float of
+the slot of the row's chunk 0 (a float in every slot, used in one of them); it moves to the row's entry
+(``slot_state_to_entry_state``), and ``pool_state`` becomes ``[S, 0]``.
 """
 from __future__ import annotations
 
@@ -43,6 +47,44 @@ def convert_chunk_keyed_checkpoint(state_dict: MutableMapping[str, torch.Tensor]
     old = {n: state_dict.pop(prefix + n) for n in names if prefix + n in state_dict}
     state_dict.update({prefix + n: t for n, t in row_keyed_buffers(old, config, prefix).items()})
     return True
+
+
+def has_slot_rowwise_state(buffers: Mapping[str, torch.Tensor], prefix: str = "") -> bool:
+    """A row-keyed checkpoint of row-wise Adagrad from before ``entry_state`` (accumulators in ``pool_state``)."""
+    state = buffers.get(prefix + "pool_state")
+    return (prefix + "entry_keys" in buffers and prefix + "entry_state" not in buffers and state is not None
+            and state.dim() == 2 and state.shape[1] == 1)
+
+
+def convert_slot_rowwise_state(state_dict: MutableMapping[str, torch.Tensor], prefix: str,
+                               config: FiitedConfig) -> bool:
+    """Give an older row-keyed checkpoint its ``entry_state``, in place: row-wise Adagrad's accumulators move
+    from chunk-0 slots to the row entries; SGD and Adagrad get an empty ``[R, 0]`` (a store of another optimizer
+    gets the checkpoint unchanged and names the mismatch). Returns whether there was anything to convert."""
+    keys = state_dict.get(prefix + "entry_keys")
+    if keys is None or prefix + "entry_state" in state_dict:
+        return False
+    if not config.optimizer.row_state_width:
+        state = state_dict.get(prefix + "pool_state")
+        if state is not None and state.dim() == 2 and state.shape[1] == config.optimizer.state_width(config.chunk_size):
+            state_dict[prefix + "entry_state"] = state.new_zeros(keys.numel(), 0)
+            return True
+        return False
+    if not has_slot_rowwise_state(state_dict, prefix):
+        return False
+    state_dict.update({prefix + n: t for n, t in slot_state_to_entry_state(
+        {n: state_dict[prefix + n] for n in ("pool_state", "entry_first", "entry_chunks")}).items()})
+    return True
+
+
+def slot_state_to_entry_state(old: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``entry_state [R, 1]`` (each stored row's accumulator, read from the slot of its chunk 0) and the
+    emptied ``pool_state [S, 0]``, from an older layout's ``pool_state [S, 1]``, ``entry_first``, ``entry_chunks``."""
+    pool_state, first = old["pool_state"], old["entry_first"].to(torch.int64)
+    stored = old["entry_chunks"] > 0
+    entry_state = torch.zeros(first.numel(), 1, dtype=pool_state.dtype, device=pool_state.device)
+    entry_state[stored] = pool_state[first[stored]]
+    return {"entry_state": entry_state, "pool_state": pool_state.new_zeros(pool_state.shape[0], 0)}
 
 
 def row_keyed_buffers(old: Dict[str, torch.Tensor], config: FiitedConfig, where: str = "") -> Dict[str, torch.Tensor]:
@@ -95,15 +137,21 @@ def checkpoint_problems(store: "VhpiChunkStore", state_dict: Mapping[str, torch.
             return [f"{prefix}{name}: checkpoint tables {value.tolist()} differ from this module's "
                     f"{getattr(store, name).tolist()} (tables {store.table_names})"]
     problems = []
-    c, width = store.config.chunk_size, store.config.optimizer.state_width(store.config.chunk_size)
+    optimizer, c = store.config.optimizer, store.config.chunk_size
+    width, row_width = optimizer.state_width(c), optimizer.row_state_width
     weights, state, keys, sketch = entry("pool_weights"), entry("pool_state"), entry("entry_keys"), entry("sketch")
+    row_state = entry("entry_state")
     if weights is not None and (weights.dim() != 2 or weights.shape[1] != c):
         problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(weights.shape)[1:]} do not match "
                         f"this module's chunk_size {c}")
-    if state is not None and (state.dim() != 2 or state.shape[1] != width):
-        problems.append(f"{prefix}pool_state: checkpoint optimizer state has {tuple(state.shape)[1:]} floats per chunk; "
-                        f"this module's optimizer {store.config.optimizer.value!r} keeps {width} -- build it with "
-                        "the checkpoint's optimizer")
+    found = (_width(state), _width(row_state) if row_state is not None else (0 if keys is not None else row_width))
+    if (state is not None or row_state is not None) and found != (width, row_width):
+        problems.append(f"{prefix}pool_state: the checkpoint's optimizer state ({_state_layout(*found)}) does not "
+                        f"match: this module's optimizer {optimizer.value!r} keeps {_state_layout(width, row_width)} "
+                        "-- build it with the checkpoint's optimizer")
+    elif row_state is not None and keys is not None and row_state.shape[0] != keys.numel():
+        problems.append(f"{prefix}entry_state: {row_state.shape[0]} rows of optimizer state for {keys.numel()} "
+                        "index entries; the checkpoint is damaged")
     if weights is not None and keys is not None and not store.plan.fits(weights.shape[0], keys.numel()):
         problems.append(f"{prefix}pool_weights: the checkpoint holds {weights.shape[0]} chunk slots and "
                         f"{keys.numel()} rows, more than this module's memory budget ({store.plan.budget_bytes} "
@@ -113,3 +161,15 @@ def checkpoint_problems(store: "VhpiChunkStore", state_dict: Mapping[str, torch.
                         f"{tuple(store.sketch.shape)}: it was saved under another memory_budget (this one: "
                         f"{store.plan.budget_bytes} bytes) or sketch_fraction")
     return problems
+
+
+def _width(state) -> int:
+    return -1 if state is None or state.dim() != 2 else int(state.shape[1])
+
+
+def _state_layout(per_chunk: int, per_row: int) -> str:
+    """``1 per row``, ``16 per chunk``, ``none``: an optimizer's state floats, for messages."""
+    if per_chunk < 0 or per_row < 0:
+        return "of an unknown shape"
+    parts = ([f"{per_row} per row"] if per_row else []) + ([f"{per_chunk} per chunk"] if per_chunk else [])
+    return " and ".join(parts) or "none"

@@ -17,7 +17,7 @@ One table of --rows virtual rows, one feature, batch --batch, fixed pooling L, f
 Each time is the median over --iters timed runs (CUDA events, after --warmup runs), rotating over 4 batches so
 that repeated runs do not measure the L2. Bytes are what the stage must move: embedding bytes read (live chunks
 only, per occurrence) + output written (+ for backward: gradient rows read, live slots and their optimizer
-state read and written); probe bytes (hash buckets + slot keys + slots written) are stated separately and not
+state read and written); probe bytes (row keys, buckets, row entries, slots written) are stated separately and not
 counted in GB/s. Prints ms, GB/s, GB/s as a fraction of the copy, FIITED / TBE and FIITED / EmbeddingBag time
 ratios; writes all rows to $OUT/bench_gpu.csv if $OUT is set, else results/bench_gpu.csv.
 ``--cpu-smoke`` runs the same code on CPU tensors with the compiled CPU kernels (cuda_ext._C) at tiny sizes,
@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.cuda_build import build_native_ops  # noqa: E402  (first: keeps cuda_ext off its own _C)
@@ -190,7 +190,8 @@ def build_store(rows: int, dim: int, c: int, budget: float, device: torch.device
         raise RuntimeError("bench store: the hash table hit max_probe")
     return dict(entry_keys=entry_keys, entry_first=entry_first, entry_chunks=counts.to(torch.int8), buckets=buckets,
                 pool=torch.randn(num_slots, c, generator=gen, device=device) * 0.01,
-                state=torch.zeros(num_slots, 1, device=device), utility=torch.zeros(num_slots, device=device),
+                state=torch.zeros(entry_keys.numel(), 1, device=device),  # row-wise Adagrad: one per row entry
+                utility=torch.zeros(num_slots, device=device),
                 live_share=torch.tensor(num_slots / (rows * chunks)), chunks=torch.tensor(chunks))
 
 
@@ -210,25 +211,28 @@ def bench_fiited(report: Report, args: argparse.Namespace, device: torch.device,
     def unique(b: Dict[str, torch.Tensor]):
         return ops.chunk_bag_unique(b["values"], b["offsets"], meta["feature_table"], meta["table_rows"], args.batch)
 
-    def lookup(row_keys: torch.Tensor) -> torch.Tensor:  # as VhpiChunkStore.lookup: one probe per row, then its run
+    def lookup(row_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(entries, slots) as VhpiChunkStore.lookup_rows: one probe per row, then its run."""
         ones = torch.ones(row_keys.numel(), dtype=torch.int32, device=device)
-        entries = ops.vhpi_lookup(store["buckets"], store["entry_keys"], row_keys, ones, 1, MAX_PROBE)[:, 0].to(torch.int64)
-        return run_slots(entries, store["entry_first"], store["entry_chunks"], chunks)
+        entries = ops.vhpi_lookup(store["buckets"], store["entry_keys"], row_keys, ones, 1, MAX_PROBE)[:, 0]
+        return entries, run_slots(entries.to(torch.int64), store["entry_first"], store["entry_chunks"], chunks)
 
     def forward(b: Dict[str, torch.Tensor], slots: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         return ops.chunk_bag_forward(store["pool"], slots, inverse, b["offsets"], None, meta["feature_table"],
                                      meta["table_chunks"], meta["feature_cols"], args.batch, args.dim, 0)
 
-    def backward(b: Dict[str, torch.Tensor], plan: tuple, slots: torch.Tensor) -> None:
+    def backward(b: Dict[str, torch.Tensor], plan: tuple, found: Tuple[torch.Tensor, torch.Tensor]) -> None:
         row_keys, _, unique_offsets, unique_occ, occ_bag, _ = plan
+        entries, slots = found
         ops.chunk_bag_backward_update_(store["pool"], store["state"], store["utility"], grad, slots, row_keys,
                                        unique_offsets, unique_occ, occ_bag, b["offsets"], None, meta["table_chunks"],
                                        meta["feature_cols"], args.batch, 0, ROWWISE_ADAGRAD, LR, EPS,
-                                       UTILITY_FREQ_GRAD, False)
+                                       UTILITY_FREQ_GRAD, False, entries)
 
     for pooling, bs in batches.items():
         plans = [unique(b) for b in bs]
-        slots = [lookup(p[0]) for p in plans]
+        found = [lookup(p[0]) for p in plans]
+        slots = [f[1] for f in found]
         # bytes, from the first batch: live chunks read per occurrence, rows/state touched once per unique row
         live = (slots[0] >= 0).sum(1)
         inverse = plans[0][1].long()
@@ -237,22 +241,24 @@ def bench_fiited(report: Report, args: argparse.Namespace, device: torch.device,
         live_unique = float(live.sum())
         U = plans[0][0].numel()
         fwd_bytes = 4 * c * live_occ + 4 * args.batch * args.dim
-        bwd_bytes = 4 * c * grad_chunks + 2 * 4 * c * live_unique + 2 * 4 * live_unique * 2  # grad, pool, state+utility
-        probe_bytes = U * chunks * (4 + 8) + U * chunks * 4 + 8 * U
+        stored_unique = float((live > 0).sum())
+        # grad read, live chunks r+w, their utilities r+w, each stored row's accumulator r+w
+        bwd_bytes = 4 * c * grad_chunks + 2 * 4 * c * live_unique + 2 * 4 * live_unique + 2 * 4 * stored_unique
+        probe_bytes = U * (8 + 4 + 8 + 4 + 1) + U * chunks * 4  # key, bucket, entry (key, first, count), slots
         ids_bytes = args.batch * pooling * 8
         t = {}
         t["unique"] = timer(lambda i: unique(bs[i % ROTATE]))
         t["lookup"] = timer(lambda i: lookup(plans[i % ROTATE][0]))
         t["fwd_kernel"] = timer(lambda i: forward(bs[i % ROTATE], slots[i % ROTATE], plans[i % ROTATE][1]))
-        t["bwd_kernel"] = timer(lambda i: backward(bs[i % ROTATE], plans[i % ROTATE], slots[i % ROTATE]))
+        t["bwd_kernel"] = timer(lambda i: backward(bs[i % ROTATE], plans[i % ROTATE], found[i % ROTATE]))
 
         def path(i: int, with_backward: bool) -> None:
             b = bs[i % ROTATE]
             plan = unique(b)
-            sl = lookup(plan[0])
-            forward(b, sl, plan[1])
+            f = lookup(plan[0])
+            forward(b, f[1], plan[1])
             if with_backward:
-                backward(b, plan, sl)
+                backward(b, plan, f)
 
         t["fwd"] = timer(lambda i: path(i, False))
         t["fwd_bwd"] = timer(lambda i: path(i, True))

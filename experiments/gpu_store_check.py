@@ -96,14 +96,15 @@ def train_step(store, batch: Dict[str, torch.Tensor], feature_table: torch.Tenso
         values, offsets, feature_table, store.table_rows, batch_size)
     if int(bad[0]) >= 0:
         raise ValueError(f"bad id in the check's own batch: {bad.tolist()}")
-    slots = store.admit(row_keys, store.lookup(row_keys))
+    entries, slots = store.lookup_rows(row_keys)
+    slots = store.admit(row_keys, slots, entries=entries)
     store.counters[STEP] += 1
     ops.chunk_bag_forward(store.pool_weights, slots, inverse, offsets, None, feature_table, store.table_chunks,
                           feature_cols, batch_size, out_dim, 0)
     candidate, _ = ops.chunk_bag_backward_update_(
-        store.pool_weights, store.pool_state, store.slot_utility, batch["grad"].to(dev), slots, row_keys,
+        store.pool_weights, store.optimizer_state, store.slot_utility, batch["grad"].to(dev), slots, row_keys,
         unique_offsets, unique_occ, occ_bag, offsets, None, store.table_chunks, feature_cols, batch_size, 0,
-        config.optimizer.code, config.learning_rate, config.eps, config.utility.code, False)
+        config.optimizer.code, config.learning_rate, config.eps, config.utility.code, False, entries)
     wanting = (slots >= 0).sum(1) < store.chunks_of(row_keys)
     store.sketch_add(row_keys[wanting], candidate[wanting])
     return record
@@ -116,8 +117,10 @@ def dense_view(store) -> Dict[str, torch.Tensor]:
     slots, keys = store.live_keys()
     counters = dict(zip(COUNTER_NAMES, store.counters.cpu().tolist()))
     counters.pop("hash_rebuilds")  # CUDA inserts place keys by thread timing: rebuild counts may differ
+    entries = store.live_rows()[0]  # key order, as the chunks
     return dict(keys=keys.cpu(), weights=store.pool_weights[slots].cpu(), state=store.pool_state[slots].cpu(),
-                utility=store.slot_utility[slots].cpu(), thresholds=store.thresholds.cpu(),
+                row_state=store.entry_state[entries].cpu(), utility=store.slot_utility[slots].cpu(),
+                thresholds=store.thresholds.cpu(),
                 sketch=store.sketch.cpu(), counters=torch.tensor(list(counters.values())))
 
 
@@ -128,7 +131,7 @@ def compare(tag: str, got: Dict[str, torch.Tensor], want: Dict[str, torch.Tensor
             problems.append(f"{tag}: {name} differ ({got[name].numel()} vs {want[name].numel()} entries)")
     if problems:
         return problems
-    for name in ("weights", "state", "utility", "thresholds", "sketch"):
+    for name in ("weights", "state", "row_state", "utility", "thresholds", "sketch"):
         a, b = got[name].double(), want[name].double()
         finite = torch.isfinite(b)
         if not torch.equal(torch.isfinite(a), finite):

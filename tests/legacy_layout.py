@@ -1,6 +1,8 @@
-"""Test helper: a state_dict of today's row-keyed FIITED store rewritten in the older chunk-keyed layout (what
+"""Test helpers: a state_dict of today's row-keyed FIITED store rewritten in the older layouts, to check that such
+checkpoints still load and report: ``to_slot_rowwise_state`` (row-keyed, but row-wise Adagrad's accumulator in
+``pool_state [S, 1]`` at the slot of the row's chunk 0, no ``entry_state``) and ``to_chunk_keyed`` (what
 checkpoints saved before the row index hold: ``slot_keys``, chunk-keyed ``hash_buckets``, ``free_stack``, 8 or
-10 counters), to check that such checkpoints still load and report."""
+10 counters, and the accumulators in slots as well)."""
 from __future__ import annotations
 
 import math
@@ -11,8 +13,19 @@ import torch
 from cuda_ext import ops
 
 
-def to_chunk_keyed(state_dict: Dict[str, torch.Tensor], prefix: str = "store.", counters: int = 10) -> Dict[str, torch.Tensor]:
+def to_slot_rowwise_state(state_dict: Dict[str, torch.Tensor], prefix: str = "store.") -> Dict[str, torch.Tensor]:
     sd = dict(state_dict)
+    entry_state = sd.pop(prefix + "entry_state")
+    if entry_state.shape[1] == 1:  # row-wise Adagrad: each row's accumulator goes to the slot of its chunk 0
+        first, stored = sd[prefix + "entry_first"].to(torch.int64), sd[prefix + "entry_chunks"] > 0
+        pool_state = torch.zeros(sd[prefix + "pool_weights"].shape[0], 1)
+        pool_state[first[stored]] = entry_state[stored]
+        sd[prefix + "pool_state"] = pool_state
+    return sd
+
+
+def to_chunk_keyed(state_dict: Dict[str, torch.Tensor], prefix: str = "store.", counters: int = 10) -> Dict[str, torch.Tensor]:
+    sd = to_slot_rowwise_state(state_dict, prefix)
     entry_keys = sd.pop(prefix + "entry_keys")
     entry_first = sd.pop(prefix + "entry_first").to(torch.int64)
     entry_chunks = sd.pop(prefix + "entry_chunks").to(torch.int64)

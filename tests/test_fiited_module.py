@@ -334,6 +334,13 @@ def test_growing_rows_move_to_a_new_run_and_the_next_resize_closes_the_holes():
     assert kept.tolist() == [1, 2, 3] * 3 + [1] and store.num_live == 19
     assert int(store.counters[HIGH_WATER]) == 19 and int(store.counters[ROW_HIGH_WATER]) == 10  # compacted
     assert torch.equal(m.to_dense_weights("t")[:10, :4], weights[:10, :4])
+    # row-wise Adagrad's accumulator lives at the row's index entry: it stays with the row through moves and resizes
+    def accumulators():
+        entries, _ = store.lookup_rows(torch.arange(10) << 6)
+        return store.entry_state[entries.long(), 0]
+
+    assert store.pool_state.shape[1] == 0 and store.entry_state.shape == (store.row_capacity, 1)
+    store.entry_state[store.lookup_rows(torch.arange(10) << 6)[0].long(), 0] = torch.arange(1.0, 11.0)
     # rows 0 and 3 earn their other chunks: they move to new runs at the high-water mark
     store.thresholds.zero_()
     before = m.to_dense_weights("t")[[0, 3]].clone()
@@ -347,11 +354,13 @@ def test_growing_rows_move_to_a_new_run_and_the_next_resize_closes_the_holes():
     assert bool((after[:, 4:] != 0).all())  # the new chunks got their init values
     lookup = store.lookup(torch.tensor([0, 3]) << 6)
     assert lookup[0].tolist() == [19, 20, 21] and lookup[1].tolist() == [22, 23, 24]
+    assert accumulators().tolist() == list(range(1, 11))
     # the next resize closes the two holes and keeps everything (all utilities > 0 now)
     store.slot_utility[store.live_keys()[0]] = 1.0
     m.resize_now()
     assert store.num_live == 23 and int(store.counters[HIGH_WATER]) == 23
     assert torch.equal(m.to_dense_weights("t")[[0, 3]], after)
+    assert accumulators().tolist() == list(range(1, 11))
     assert m.memory_bytes() <= m.budget_bytes
 
 

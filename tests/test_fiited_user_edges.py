@@ -62,6 +62,38 @@ def test_store_checks_name_the_problem_without_the_collection_header():
         module.load_state_dict(checkpoint, strict=False)
 
 
+@pytest.mark.parametrize("saved,loading", [("rowwise_adagrad", "sgd"), ("sgd", "rowwise_adagrad"),
+                                           ("adagrad", "sgd")])
+def test_a_checkpoint_of_another_optimizer_is_refused_and_names_both_state_layouts(saved, loading):
+    # row-wise Adagrad keeps its state per row (entry_state) and SGD none: the per-slot widths alone (0 and 0)
+    # do not tell them apart
+    source = trained(memory_budget=20000, chunk_size=4, optimizer=saved)
+    module = trained(memory_budget=20000, chunk_size=4, optimizer=loading)
+    before = store_tensors(module)
+    checkpoint = {k: v for k, v in source.state_dict().items() if not k.endswith("_extra_state")}
+    layout = {"rowwise_adagrad": "1 per row", "sgd": "none", "adagrad": "4 per chunk"}
+    with pytest.raises(RuntimeError, match=rf"optimizer state \({layout[saved]}\) does not match: this module's "
+                                           rf"optimizer '{loading}' keeps {layout[loading]}"):
+        module.load_state_dict(checkpoint, strict=False)
+    after = store_tensors(module)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("optimizer,chunk_size,row_bytes", [("rowwise_adagrad", 16, 297), ("rowwise_adagrad", 64, 285),
+                                                            ("adagrad", 16, 4 * (64 + 64 + 4) + 21), ("sgd", 16, 293)])
+def test_a_whole_row_costs_its_slots_and_one_index_entry(optimizer, chunk_size, row_bytes):
+    # D = 64: row-wise Adagrad's accumulator is paid once per row (at its entry), not once per chunk
+    from emb_opt.budget import row_bytes as index_bytes, slot_bytes
+    from emb_opt.config import FiitedConfig
+
+    config = FiitedConfig(chunk_size=chunk_size, optimizer=optimizer)
+    assert 64 // chunk_size * slot_bytes(config) + index_bytes(config) == row_bytes
+    m = trained(memory_budget=20000, chunk_size=4, optimizer=optimizer)
+    per_slot, per_row = {"rowwise_adagrad": (0, 1), "adagrad": (4, 0), "sgd": (0, 0)}[optimizer]
+    assert m.store.pool_state.shape == (m.store.capacity, per_slot)
+    assert m.store.entry_state.shape == (m.store.row_capacity, per_row)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_model_dtype_casts_keep_the_store_float32_and_cast_the_output(dtype):
     m = trained(memory_budget=20000, chunk_size=4)

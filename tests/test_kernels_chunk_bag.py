@@ -117,8 +117,11 @@ def test_backward_update_matches_reference(seed, mode, weighted, optimizer, rule
     slots = slots_for(case, row_keys)
     gen = torch.Generator().manual_seed(seed + 7)
     grad_out = torch.randn(case["batch_size"], case["out_dim"], generator=gen)
-    width = {0: 0, 1: C, 2: 1}[optimizer]
-    state0 = torch.rand(case["pool"].shape[0], width, generator=gen)
+    # Adagrad: state per pool float; row-wise Adagrad: one accumulator per row entry, the rows' entries scattered
+    num_entries = row_keys.numel() + 7
+    shape = {0: (case["pool"].shape[0], 0), 1: (case["pool"].shape[0], C), 2: (num_entries, 1)}[optimizer]
+    state0 = torch.rand(*shape, generator=gen)
+    entries = torch.randperm(num_entries, generator=gen)[: row_keys.numel()].to(torch.int32)
     util0 = torch.rand(case["pool"].shape[0], generator=gen)
     w = case["weights"] if weighted else None
     results = []
@@ -126,16 +129,45 @@ def test_backward_update_matches_reference(seed, mode, weighted, optimizer, rule
         pool, state, util = case["pool"].clone(), state0.clone(), util0.clone()
         cand, wgrad = impl(pool, state, util, grad_out, slots, row_keys, unique_offsets, unique_occ, occ_bag,
                            case["offsets"], w, case["table_chunks"], case["feature_cols"], case["batch_size"], mode,
-                           optimizer, 0.05, 1e-8, rule, weighted)
+                           optimizer, 0.05, 1e-8, rule, weighted, entries if optimizer == 2 else None)
         results.append((pool, state, util, cand, wgrad))
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if optimizer == 2:  # exactly the accumulators of rows holding chunks moved
+        moved = torch.zeros(num_entries, dtype=torch.bool)
+        moved[entries[slots[:, 0] >= 0].long()] = True
+        assert not torch.equal(results[0][1][moved], state0[moved])
+        assert torch.equal(results[0][1][~moved], state0[~moved])
     pool, _, util, cand, _ = results[0]
     touched = slots[slots >= 0].long()
     assert not torch.equal(pool[touched], case["pool"][touched])  # live chunks moved
     untouched = torch.ones(pool.shape[0], dtype=torch.bool)
     untouched[touched] = False
     assert torch.equal(pool[untouched], case["pool"][untouched])  # nothing else did
+
+
+def test_rowwise_backward_names_missing_or_out_of_range_row_entries():
+    case = random_case(4)
+    (row_keys, inverse, unique_offsets, unique_occ, occ_bag, _), _ = unique_both(case)
+    slots = slots_for(case, row_keys)
+    grad_out = torch.randn(case["batch_size"], case["out_dim"])
+    state = torch.zeros(row_keys.numel(), 1)
+
+    def call(entries, state=state):
+        return ops.chunk_bag_backward_update_(case["pool"].clone(), state, torch.zeros(case["pool"].shape[0]), grad_out,
+                                              slots, row_keys, unique_offsets, unique_occ, occ_bag, case["offsets"],
+                                              None, case["table_chunks"], case["feature_cols"], case["batch_size"], 0,
+                                              2, 0.1, 1e-8, 0, False, entries)
+
+    with pytest.raises(RuntimeError, match="row-wise Adagrad needs row_entries"):
+        call(None)
+    entries = torch.arange(row_keys.numel(), dtype=torch.int32)
+    stored = int((slots[:, 0] >= 0).nonzero()[0, 0])
+    entries[stored] = row_keys.numel()
+    with pytest.raises(RuntimeError, match=rf"row_entries\[{stored}\] = {row_keys.numel()} is outside the {row_keys.numel()} accumulators"):
+        call(entries)
+    with pytest.raises(RuntimeError, match=r"optim_state must be \[R, 1\]"):
+        call(torch.arange(row_keys.numel(), dtype=torch.int32), torch.zeros(row_keys.numel(), 2))
 
 
 def test_backward_gradient_matches_autograd_for_sgd():

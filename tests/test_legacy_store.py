@@ -1,5 +1,6 @@
-"""Checkpoints of the older chunk-keyed store layout (``slot_keys``, chunk-keyed buckets, a free stack) load
-into today's row-keyed store and train on exactly as the module that saved them, and report the same."""
+"""Checkpoints of the older store layouts -- chunk-keyed (``slot_keys``, chunk-keyed buckets, a free stack), and
+row-keyed with row-wise Adagrad's accumulators in chunk-0 slots (no ``entry_state``) -- load into today's store
+and train on exactly as the module that saved them, and report the same."""
 import copy
 import warnings
 
@@ -8,7 +9,7 @@ import torch
 
 import emb_opt
 from tests.fiited_helpers import random_kjt, small_tables
-from tests.legacy_layout import to_chunk_keyed
+from tests.legacy_layout import to_chunk_keyed, to_slot_rowwise_state
 
 OPTIONS = dict(memory_budget=10**5, chunk_size=4, warmup_steps=3, resize_interval=2, initial_capacity=16, learning_rate=0.1)
 
@@ -19,16 +20,24 @@ def step(m: emb_opt.FiitedEmbeddingBagCollection, i: int) -> torch.Tensor:
     return out.values().detach()
 
 
-@pytest.mark.parametrize("counters", [8, 10])
-def test_an_old_layout_checkpoint_loads_and_trains_on_identically(counters):
+LAYOUTS = {
+    "chunk_keyed_8_counters": lambda sd: to_chunk_keyed(sd, counters=8),
+    "chunk_keyed_10_counters": lambda sd: to_chunk_keyed(sd, counters=10),
+    "rowwise_state_in_slots": to_slot_rowwise_state,
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_an_old_layout_checkpoint_loads_and_trains_on_identically(layout):
     tables = small_tables(dim=8, rows=(40, 25))
     a = emb_opt.FiitedEmbeddingBagCollection(tables, **OPTIONS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for i in range(6):
             step(a, i)
-        old = to_chunk_keyed(copy.deepcopy(a.state_dict()), counters=counters)
-        assert "store.slot_keys" in old and "store.entry_keys" not in old
+        old = LAYOUTS[layout](copy.deepcopy(a.state_dict()))
+        assert "store.entry_state" not in old and old["store.pool_state"].shape[1] == 1
+        assert ("store.slot_keys" in old) == layout.startswith("chunk_keyed")
         b = emb_opt.FiitedEmbeddingBagCollection(tables, **OPTIONS)
         b.load_state_dict(old)  # strict: the old entries are consumed, none is unexpected
         assert b.store.num_live == a.store.num_live and b.store.num_rows == a.store.num_rows
@@ -40,13 +49,14 @@ def test_an_old_layout_checkpoint_loads_and_trains_on_identically(counters):
     assert a.store.counter_dict()["admitted_chunks"] == b.store.counter_dict()["admitted_chunks"]
 
 
-def test_the_report_reads_an_old_layout_checkpoint():
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_the_report_reads_an_old_layout_checkpoint(layout):
     tables = small_tables(dim=8, rows=(40, 25))
     m = emb_opt.FiitedEmbeddingBagCollection(tables, **OPTIONS)
     for i in range(4):
         step(m, i)
     now = emb_opt.memory_report(m).set_index("table")
-    old = emb_opt.memory_report(to_chunk_keyed(m.state_dict())).set_index("table")
+    old = emb_opt.memory_report(LAYOUTS[layout](m.state_dict())).set_index("table")
     columns = ["live_rows", "live_chunks", "dims_histogram", "weights_bytes", "optimizer_bytes", "utility_bytes", "index_bytes"]
     assert old.loc[["t0", "t1"], columns].equals(now.loc[["t0", "t1"], columns])
 

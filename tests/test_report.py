@@ -112,7 +112,8 @@ def test_fiited_live_chunks_and_dimension_histogram_match_the_live_keys(fiited):
         assert parse_histogram(row["dims_histogram"]) == {d: c for d, c in expected.items() if c}
         assert sum(parse_histogram(row["dims_histogram"]).values()) == rows == int(row["virtual_rows"])
         assert float(row["mean_dim"]) == pytest.approx(CHUNK * live / live_rows if live_rows else 0.0)
-        assert int(row["weights_bytes"]) == live * 4 * CHUNK and int(row["optimizer_bytes"]) == live * 4
+        # row-wise Adagrad: one accumulator per stored row
+        assert int(row["weights_bytes"]) == live * 4 * CHUNK and int(row["optimizer_bytes"]) == live_rows * 4
         assert int(row["index_bytes"]) == live_rows * (8 + 4 + 1) + live_rows * buckets // entries
         assert int(row["utility_bytes"]) == live * 4
         histograms_differ.add(len(expected))

@@ -125,8 +125,11 @@ def chunk_bag_backward_update_(
     eps: float,
     utility_rule: int,
     need_weight_grad: bool,
+    row_entries: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     c = pool.shape[1]
+    if optimizer == ROWWISE_ADAGRAD and row_entries is None:
+        raise RuntimeError("chunk_bag_backward: row-wise Adagrad needs row_entries (the accumulator of each unique row)")
     num_unique, max_chunks = slots.shape
     nnz = unique_occ.numel()
     offsets = offsets.to(torch.int64)
@@ -170,13 +173,13 @@ def chunk_bag_backward_update_(
     elif optimizer == ADAGRAD:
         optim_state[s] += g * g
         pool[s] -= lr * g / (optim_state[s].sqrt() + eps)
-    else:  # one accumulator per row, in its chunk-0 slot: += mean squared gradient over the live dims
+    else:  # one accumulator per row, optim_state[row_entries[u]]: += mean squared gradient over the live dims
         rows = (live > 0).nonzero().reshape(-1)
         row_sq = ((grad * grad).sum(2) * is_live).sum(1)[rows]
-        first_slot = slots[rows, 0].to(torch.int64)
-        optim_state[first_slot, 0] += row_sq / (live[rows] * c).float()
+        entry = row_entries[rows].to(torch.int64)
+        optim_state[entry, 0] += row_sq / (live[rows] * c).float()
         mult = torch.zeros(num_unique)
-        mult[rows] = lr / (optim_state[first_slot, 0].sqrt() + eps)
+        mult[rows] = lr / (optim_state[entry, 0].sqrt() + eps)
         pool[s] -= mult[u_idx].unsqueeze(1) * g
     has_next = live < chunks
     candidate = torch.zeros(num_unique)

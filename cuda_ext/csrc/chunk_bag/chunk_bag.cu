@@ -265,13 +265,10 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cuda(
     const at::Tensor& unique_occ, const at::Tensor& occ_bag, const at::Tensor& offsets,
     const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
     int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
-    bool need_weight_grad) {
+    bool need_weight_grad, const std::optional<at::Tensor>& row_entries) {
   check_backward_update_args(pool, optim_state, slot_utility, optimizer, utility_rule);
   const int64_t c = pool.size(1), num_slots = pool.size(0);
-  const int64_t state_width = optimizer == 0 ? 0 : (optimizer == 1 ? c : 1);
-  EMB_OPT_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&
-                                 optim_state.size(0) == pool.size(0)),
-              "chunk_bag_backward: optim_state must be [S, ", state_width, "]");
+  const at::Tensor entries = check_optimizer_state(pool, optim_state, optimizer, row_entries, row_keys.numel());
   EMB_OPT_CHECK(slot_utility.numel() == num_slots, "chunk_bag_backward: slot_utility must have one entry per slot");
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_backward: slots");
   EMB_OPT_CHECK_DTYPE(row_keys, at::kLong, "chunk_bag_backward: row_keys");
@@ -319,6 +316,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cuda(
   BackwardArgs a;
   a.pool = pool.data_ptr<float>();
   a.state = optimizer == 0 ? nullptr : optim_state.data_ptr<float>();
+  a.row_entries = entries.defined() ? entries.data_ptr<int32_t>() : nullptr;
   a.utility = slot_utility.data_ptr<float>();
   a.num_slots = num_slots;
   a.chunk_size = static_cast<int>(c);

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "common/checks.h"
 
@@ -21,6 +22,30 @@ inline void check_backward_update_args(const at::Tensor& pool, const at::Tensor&
   EMB_OPT_CHECK(optimizer >= 0 && optimizer <= 2, "chunk_bag_backward: unknown optimizer code ", optimizer);
   EMB_OPT_CHECK(utility_rule >= 0 && utility_rule <= 2, "chunk_bag_backward: unknown utility rule ", utility_rule);
   EMB_OPT_CHECK(pool.dim() == 2, "chunk_bag_backward: pool must be 2-D");
+}
+
+// The optimizer state's shape: none for SGD, [S, c] (one per pool float) for Adagrad, [R, 1] (one per index
+// entry) for row-wise Adagrad, which also needs row_entries [U] int32 (the entry of each unique row). Returns
+// row_entries contiguous (undefined unless row-wise). The entries' range is checked where the data is
+// (the CPU kernel), not on the GPU.
+inline at::Tensor check_optimizer_state(const at::Tensor& pool, const at::Tensor& optim_state, int64_t optimizer,
+                                        const std::optional<at::Tensor>& row_entries, int64_t num_unique) {
+  if (optimizer == 1) {
+    EMB_OPT_CHECK(optim_state.dim() == 2 && optim_state.size(0) == pool.size(0) && optim_state.size(1) == pool.size(1),
+                  "chunk_bag_backward: Adagrad's optim_state must be [S, c] = [", pool.size(0), ", ", pool.size(1),
+                  "], got ", optim_state.sizes());
+  }
+  if (optimizer != 2) return at::Tensor();
+  EMB_OPT_CHECK(optim_state.dim() == 2 && optim_state.size(1) == 1,
+                "chunk_bag_backward: row-wise Adagrad's optim_state must be [R, 1] (one accumulator per row entry), "
+                "got ", optim_state.sizes());
+  EMB_OPT_CHECK(row_entries.has_value() && row_entries->defined(),
+                "chunk_bag_backward: row-wise Adagrad needs row_entries (the index entry of each unique row)");
+  EMB_OPT_CHECK_DTYPE(*row_entries, at::kInt, "chunk_bag_backward: row_entries");
+  EMB_OPT_CHECK(row_entries->numel() == num_unique, "chunk_bag_backward: row_entries must have one entry per "
+                "unique row (", num_unique, "), got ", row_entries->numel());
+  EMB_OPT_CHECK(row_entries->device() == pool.device(), "chunk_bag_backward: row_entries must be on ", pool.device());
+  return row_entries->contiguous();
 }
 
 }  // namespace emb_opt

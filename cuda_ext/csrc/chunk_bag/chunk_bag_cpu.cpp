@@ -194,13 +194,10 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
     const at::Tensor& unique_occ, const at::Tensor& occ_bag, const at::Tensor& offsets,
     const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
     int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
-    bool need_weight_grad) {
+    bool need_weight_grad, const std::optional<at::Tensor>& row_entries) {
   check_backward_update_args(pool, optim_state, slot_utility, optimizer, utility_rule);
   const int64_t c = pool.size(1);
-  const int64_t state_width = optimizer == 0 ? 0 : (optimizer == 1 ? c : 1);
-  EMB_OPT_CHECK(optimizer == 0 || (optim_state.dim() == 2 && optim_state.size(1) == state_width &&
-                                 optim_state.size(0) == pool.size(0)),
-              "chunk_bag_backward: optim_state must be [S, ", state_width, "]");
+  const at::Tensor entries = check_optimizer_state(pool, optim_state, optimizer, row_entries, row_keys.numel());
   auto g = grad_out.contiguous().to(at::kFloat);
   auto sl = slots.contiguous();
   auto rk = row_keys.contiguous();
@@ -230,6 +227,14 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
   const float* wp = w.defined() ? w.data_ptr<float>() : nullptr;
   const int32_t* tcp = tc.data_ptr<int32_t>();
   const int64_t* fcp = fc.data_ptr<int64_t>();
+  const int32_t* ep = entries.defined() ? entries.data_ptr<int32_t>() : nullptr;
+  const int64_t num_entries = optim_state.dim() == 2 ? optim_state.size(0) : 0;
+  if (ep) {  // each row holding chunks needs its accumulator: an entry in [0, R)
+    for (int64_t u = 0; u < num_unique; ++u) {
+      EMB_OPT_CHECK(max_chunks == 0 || sp[u * max_chunks] < 0 || (ep[u] >= 0 && ep[u] < num_entries), "chunk_bag_backward: "
+                    "row_entries[", u, "] = ", ep[u], " is outside the ", num_entries, " accumulators of optim_state");
+    }
+  }
   float* cp = candidate.data_ptr<float>();
   float* wgp = need_weight_grad ? weight_grad.data_ptr<float>() : nullptr;
   const float flr = static_cast<float>(lr), feps = static_cast<float>(eps);
@@ -282,12 +287,12 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
       }
       if (live < chunks) cp[u] = score[live];  // the first missing chunk: only its would-be utility
       float row_mult = 0.0f;
-      if (optimizer == 2 && live > 0) {  // row-wise Adagrad: one accumulator per row, in chunk 0's slot
+      if (optimizer == 2 && live > 0) {  // row-wise Adagrad: one accumulator per row, at its index entry
         float sq = 0.0f;
         for (int64_t j = 0; j < live * c; ++j) sq += grad[j] * grad[j];
-        const int64_t s0 = row_slots[0];
-        stp[s0] += sq / static_cast<float>(live * c);
-        row_mult = flr / (std::sqrt(stp[s0]) + feps);
+        float& acc = stp[ep[u]];
+        acc += sq / static_cast<float>(live * c);
+        row_mult = flr / (std::sqrt(acc) + feps);
       }
       for (int64_t k = 0; k < live; ++k) {
         const int64_t s = row_slots[k];

@@ -125,7 +125,8 @@ __global__ void __launch_bounds__(cuda::kThreads) forward_kernel(const ForwardAr
 
 struct BackwardArgs {
   float* pool;
-  float* state;    // [S, c] Adagrad, [S, 1] row-wise Adagrad, unused for SGD
+  float* state;    // [S, c] Adagrad, [R, 1] row-wise Adagrad (one per index entry), unused for SGD
+  const int32_t* row_entries;  // [U] row-wise Adagrad: unique row u's accumulator is state[row_entries[u]]
   float* utility;  // [S]
   int64_t num_slots;
   int chunk_size;
@@ -373,6 +374,16 @@ __device__ __forceinline__ void apply_update(const BackwardArgs& a, int64_t slot
   w.store(a.pool + slot * c + vec * V);
 }
 
+// Row-wise Adagrad's step for one row (group-uniform): its accumulator state[entry] (read as state_old by every
+// lane) += row_sq / (live * c), the row's mean squared gradient; returns the row's multiplier lr / (sqrt + eps).
+__device__ __forceinline__ float rowwise_step(const BackwardArgs& a, const Group& g, int64_t entry, float state_old,
+                                              float row_sq, int live) {
+  __syncwarp(g.mask);  // every lane read the accumulator before lane 0 writes it
+  const float state_new = state_old + row_sq / static_cast<float>(live * a.chunk_size);
+  if (g.lane == 0) a.state[entry] = state_new;
+  return a.lr / (sqrtf(state_new) + a.eps);
+}
+
 // The update of unique row u when all its chunks fit one pass of the group (chunks <= G / Lc, e.g. D = 128 at
 // c = 16 or 32): each lane's gradient is summed ONCE over the occurrences and kept in registers, so row-wise
 // Adagrad needs no second sweep for its row norm. Same arithmetic, in the same order, as the two-sweep path.
@@ -388,21 +399,15 @@ __device__ __forceinline__ void update_row_one_pass(const BackwardArgs& a, const
   Vec<V> w_old = Vec<V>::zeros();
   if (is_live) w_old.load(a.pool + slot * c + vec * V);
   const bool rowwise = a.optimizer == 2 && r.live > 0;  // group-uniform
-  const int64_t slot0 = rowwise ? a.slots[u * a.max_chunks] : -1;
-  const float state_old = rowwise ? a.state[slot0] : 0.0f;  // issued with w_old, before the gradient sweep
+  const int64_t entry = rowwise ? a.row_entries[u] : -1;
+  const float state_old = rowwise ? a.state[entry] : 0.0f;  // issued with w_old, before the gradient sweep
   Vec<V> grad = Vec<V>::zeros();
   float norm_sum = 0.0f;
   chunk_gradient<V>(a, g, u, r, long_row, k, vec, active, is_live, w_old, grad, norm_sum, true);
   const float score = utility_score(a.utility_rule, count, norm_sum);
   if (active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
-  float row_mult = 0.0f;
-  if (rowwise) {
-    const float row_sq = g.sum(is_live ? grad.dot(grad) : 0.0f, g.size);
-    __syncwarp(g.mask);  // every lane read the accumulator before lane 0 writes it
-    const float state_new = state_old + row_sq / static_cast<float>(r.live * c);
-    if (g.lane == 0) a.state[slot0] = state_new;
-    row_mult = a.lr / (sqrtf(state_new) + a.eps);
-  }
+  const float row_mult =
+      rowwise ? rowwise_step(a, g, entry, state_old, g.sum(is_live ? grad.dot(grad) : 0.0f, g.size), r.live) : 0.0f;
   if (!is_live) return;
   if (vec == 0) a.utility[slot] += score;
   apply_update<V>(a, slot, vec, w_old, grad, row_mult);
@@ -410,7 +415,7 @@ __device__ __forceinline__ void update_row_one_pass(const BackwardArgs& a, const
 
 // One group per unique row: gradient (from the occurrences, or from the segments of a long row), utility,
 // candidate score and the optimizer step on each live chunk. Row-wise Adagrad keeps ONE accumulator per row
-// (in the slot of chunk 0, as the CPU kernel): a first sweep sums the squared gradient over all live chunks.
+// (at the row's index entry, as the CPU kernel): a first sweep sums the squared gradient over all live chunks.
 template <int V>
 __global__ void __launch_bounds__(cuda::kThreads, 3) backward_rows_kernel(const BackwardArgs a) {
   const Group g(a.layout.group_size);
@@ -442,12 +447,8 @@ __global__ void __launch_bounds__(cuda::kThreads, 3) backward_rows_kernel(const 
         if (is_live) row_sq += grad.dot(grad);
       }
       row_sq = g.sum(row_sq, g.size);  // over all lanes of the group = all live chunks of the row
-      const int64_t slot0 = a.slots[u * a.max_chunks];
-      const float state_old = a.state[slot0];
-      __syncwarp(g.mask);  // every lane read the accumulator before lane 0 writes it
-      const float state_new = state_old + row_sq / static_cast<float>(r.live * c);
-      if (g.lane == 0) a.state[slot0] = state_new;
-      row_mult = a.lr / (sqrtf(state_new) + a.eps);
+      const int64_t entry = a.row_entries[u];
+      row_mult = rowwise_step(a, g, entry, a.state[entry], row_sq, r.live);
     }
     for (int pass = 0; pass < a.layout.passes; ++pass) {
       const int k = pass * a.layout.chunks_per_pass + chunk_in_pass;

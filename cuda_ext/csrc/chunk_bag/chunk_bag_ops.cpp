@@ -24,17 +24,18 @@ TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
       "Tensor feature_table, Tensor table_chunks, Tensor feature_cols, int batch_size, int out_dim, "
       "int pooling_mode) -> Tensor");
   // Backward of chunk_bag_forward fused with the optimizer step on every live chunk of every unique row
-  // (optimizer: 0 SGD, 1 Adagrad (state [S, c]), 2 row-wise Adagrad (state [S, 1]: one accumulator per ROW,
-  // kept in the slot of its chunk 0, += mean squared gradient over the row's live dims; as FBGEMM's row-wise
-  // Adagrad, whatever the chunk size)), the utility update
+  // (optimizer: 0 SGD, 1 Adagrad (state [S, c], per slot), 2 row-wise Adagrad (state [R, 1]: one accumulator
+  // per ROW, optim_state[row_entries[u]] for unique row u (its index entry), += mean squared gradient over the
+  // row's live dims; as FBGEMM's row-wise Adagrad, whatever the chunk size)), the utility update
   // slot_utility[s] += score (utility_rule: 0 freq = #occurrences, 1 grad = mean per-occurrence gradient
   // norm, 2 freq_grad = sum of per-occurrence gradient norms), and the score the row's first missing chunk
   // would get from the same rule on its (virtual) gradient. Returns (candidate_score [U] float32, 0 for full
-  // rows; weight_grad [nnz] float32 if need_weight_grad else empty).
+  // rows; weight_grad [nnz] float32 if need_weight_grad else empty). row_entries [U] int32: needed by row-wise
+  // Adagrad only (each row with live chunks must have one in [0, R)).
   m.def(
       "chunk_bag_backward_update_(Tensor(a!) pool, Tensor(b!) optim_state, Tensor(c!) slot_utility, "
       "Tensor grad_out, Tensor slots, Tensor row_keys, Tensor unique_offsets, Tensor unique_occ, "
       "Tensor occ_bag, Tensor offsets, Tensor? weights, Tensor table_chunks, Tensor feature_cols, "
       "int batch_size, int pooling_mode, int optimizer, float lr, float eps, int utility_rule, "
-      "bool need_weight_grad) -> (Tensor, Tensor)");
+      "bool need_weight_grad, Tensor? row_entries=None) -> (Tensor, Tensor)");
 }
