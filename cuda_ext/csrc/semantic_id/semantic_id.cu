@@ -19,15 +19,9 @@ __global__ void __launch_bounds__(kThreads)
                               int64_t* __restrict__ first_unknown) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t id = static_cast<int64_t>(ids[i]);
-    int64_t* dst = out + i * plan.num_tokens;
-    const int64_t* row = (id >= 0 && id < num_items) ? codes + id * plan.levels : nullptr;
-    if (row == nullptr || __ldg(row) < 0) {
-      for (int t = 0; t < plan.num_tokens; ++t) dst[t] = -1;
+    if (!write_semantic_id_tokens(plan, static_cast<int64_t>(ids[i]), codes, num_items, out + i * plan.num_tokens)) {
       atomicMin(reinterpret_cast<unsigned long long*>(first_unknown), static_cast<unsigned long long>(i));
-      continue;
     }
-    for (int t = 0; t < plan.num_tokens; ++t) dst[t] = semantic_id_token(plan, row, t);
   }
 }
 
@@ -35,24 +29,20 @@ std::tuple<at::Tensor, at::Tensor> semantic_id_tokens_cuda(const at::Tensor& ids
                                                            at::IntArrayRef starts, at::IntArrayRef lengths,
                                                            at::IntArrayRef token_offsets, int64_t add,
                                                            int64_t codebook_size, int64_t num_buckets) {
-  const SemanticIdPlan plan =
-      make_semantic_id_plan(ids, codes, starts, lengths, token_offsets, add, codebook_size, num_buckets);
   cuda::check_device("semantic_id_tokens", ids.device(), {{"codes", &codes}});
   c10::cuda::CUDAGuard guard(ids.device());
-  auto flat = ids.contiguous().reshape({-1});
-  auto table = codes.contiguous();
-  const int64_t n = flat.numel();
-  auto tokens = at::empty({n, plan.num_tokens}, flat.options().dtype(at::kLong));
-  auto status = at::full({1}, kNone, flat.options().dtype(at::kLong));
-  if (n > 0) {
-    AT_DISPATCH_INDEX_TYPES(flat.scalar_type(), "semantic_id_tokens_cuda", [&] {
-      semantic_id_tokens_kernel<index_t><<<cuda::blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          flat.data_ptr<index_t>(), n, table.data_ptr<int64_t>(), table.size(0), plan, tokens.data_ptr<int64_t>(),
-          status.data_ptr<int64_t>());
+  const SemanticIdTokensCall call =
+      prepare_semantic_id_tokens(ids, codes, starts, lengths, token_offsets, add, codebook_size, num_buckets);
+  auto status = at::full({1}, kNone, call.ids.options().dtype(at::kLong));
+  if (call.n > 0) {
+    AT_DISPATCH_INDEX_TYPES(call.ids.scalar_type(), "semantic_id_tokens_cuda", [&] {
+      semantic_id_tokens_kernel<index_t><<<cuda::blocks_for(call.n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          call.ids.data_ptr<index_t>(), call.n, call.codes.data_ptr<int64_t>(), call.codes.size(0), call.plan,
+          call.tokens.data_ptr<int64_t>(), status.data_ptr<int64_t>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return {tokens, at::where(status == kNone, at::full_like(status, -1), status)};
+  return {call.tokens, at::where(status == kNone, at::full_like(status, -1), status)};
 }
 
 }  // namespace

@@ -57,6 +57,26 @@ inline SemanticIdPlan make_semantic_id_plan(const at::Tensor& ids, const at::Ten
   return plan;
 }
 
+// What both kernels start from: the checked plan, the ids flattened, the code table, the token output [n, T].
+struct SemanticIdTokensCall {
+  SemanticIdPlan plan;
+  at::Tensor ids, codes, tokens;
+  int64_t n;
+};
+
+inline SemanticIdTokensCall prepare_semantic_id_tokens(const at::Tensor& ids, const at::Tensor& codes,
+                                                       at::IntArrayRef starts, at::IntArrayRef lengths,
+                                                       at::IntArrayRef token_offsets, int64_t add,
+                                                       int64_t codebook_size, int64_t num_buckets) {
+  SemanticIdTokensCall call;
+  call.plan = make_semantic_id_plan(ids, codes, starts, lengths, token_offsets, add, codebook_size, num_buckets);
+  call.ids = ids.contiguous().reshape({-1});
+  call.codes = codes.contiguous();
+  call.n = call.ids.numel();
+  call.tokens = at::empty({call.n, call.plan.num_tokens}, call.ids.options().dtype(at::kLong));
+  return call;
+}
+
 // Token t of an id whose code row starts at `row` (L entries). Codes below 0 count as 0, as in apply_plan.
 EMB_OPT_HD int64_t semantic_id_token(const SemanticIdPlan& plan, const int64_t* row, int t) {
   int64_t v = 0;
@@ -65,6 +85,16 @@ EMB_OPT_HD int64_t semantic_id_token(const SemanticIdPlan& plan, const int64_t* 
     v = (v * plan.codebook_size + (code > 0 ? code : 0) + plan.add) % plan.num_buckets;
   }
   return (v + plan.offset[t]) % plan.num_buckets;
+}
+
+// Writes the T tokens of item `id` to dst (-1s for an id outside [0, num_items) or without codes, whose code
+// row starts below 0); returns whether the id was known. The per-id body of both kernels.
+EMB_OPT_HD bool write_semantic_id_tokens(const SemanticIdPlan& plan, int64_t id, const int64_t* codes,
+                                         int64_t num_items, int64_t* dst) {
+  const int64_t* row = (id >= 0 && id < num_items) ? codes + id * plan.levels : nullptr;
+  const bool known = row != nullptr && row[0] >= 0;
+  for (int t = 0; t < plan.num_tokens; ++t) dst[t] = known ? semantic_id_token(plan, row, t) : -1;
+  return known;
 }
 
 }  // namespace emb_opt

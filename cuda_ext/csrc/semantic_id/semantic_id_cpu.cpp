@@ -18,15 +18,9 @@ int64_t tokens_kernel(const index_t* ids, int64_t n, const int64_t* codes, int64
   at::parallel_for(0, n, 1 << 12, [&](int64_t begin, int64_t end) {
     int64_t mine = INT64_MAX;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t id = static_cast<int64_t>(ids[i]);
-      int64_t* dst = out + i * plan.num_tokens;
-      const int64_t* row = (id >= 0 && id < num_items) ? codes + id * plan.levels : nullptr;
-      if (row == nullptr || row[0] < 0) {
-        std::fill(dst, dst + plan.num_tokens, int64_t{-1});
+      if (!write_semantic_id_tokens(plan, static_cast<int64_t>(ids[i]), codes, num_items, out + i * plan.num_tokens)) {
         mine = std::min(mine, i);
-        continue;
       }
-      for (int t = 0; t < plan.num_tokens; ++t) dst[t] = semantic_id_token(plan, row, t);
     }
     int64_t seen = first_unknown.load();
     while (mine < seen && !first_unknown.compare_exchange_weak(seen, mine)) {
@@ -40,18 +34,14 @@ std::tuple<at::Tensor, at::Tensor> semantic_id_tokens_cpu(const at::Tensor& ids,
                                                           at::IntArrayRef starts, at::IntArrayRef lengths,
                                                           at::IntArrayRef token_offsets, int64_t add,
                                                           int64_t codebook_size, int64_t num_buckets) {
-  const SemanticIdPlan plan =
-      make_semantic_id_plan(ids, codes, starts, lengths, token_offsets, add, codebook_size, num_buckets);
-  auto flat = ids.contiguous().reshape({-1});
-  auto table = codes.contiguous();
-  const int64_t n = flat.numel();
-  auto tokens = at::empty({n, plan.num_tokens}, flat.options().dtype(at::kLong));
+  const SemanticIdTokensCall call =
+      prepare_semantic_id_tokens(ids, codes, starts, lengths, token_offsets, add, codebook_size, num_buckets);
   int64_t first = -1;
-  AT_DISPATCH_INDEX_TYPES(flat.scalar_type(), "semantic_id_tokens_cpu", [&] {
-    first = tokens_kernel<index_t>(flat.data_ptr<index_t>(), n, table.data_ptr<int64_t>(), table.size(0), plan,
-                                   tokens.data_ptr<int64_t>());
+  AT_DISPATCH_INDEX_TYPES(call.ids.scalar_type(), "semantic_id_tokens_cpu", [&] {
+    first = tokens_kernel<index_t>(call.ids.data_ptr<index_t>(), call.n, call.codes.data_ptr<int64_t>(),
+                                   call.codes.size(0), call.plan, call.tokens.data_ptr<int64_t>());
   });
-  return {tokens, at::full({1}, first, flat.options().dtype(at::kLong))};
+  return {call.tokens, at::full({1}, first, call.ids.options().dtype(at::kLong))};
 }
 
 }  // namespace
