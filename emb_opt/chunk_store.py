@@ -16,9 +16,9 @@ index entry, which says where the run starts and how long it is:
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
 
 Why rows and not chunks: every stored row is ~21 bytes of key, run and buckets, paid once, where keying every
-chunk paid 16 bytes per chunk (``emb_opt.budget``). Lookup probes once per row (``lookup``) and expands the run
-to the ``[U, Cmax]`` slot matrix the chunk-bag kernels take. Nothing is O(#virtual rows): a 10^8-row table costs
-only its live rows.
+chunk paid 16 bytes per chunk (``emb_opt.budget``). Lookup probes once per row and expands the run to the
+``[U, Cmax]`` slot matrix the chunk-bag kernels take, in one kernel (``lookup_rows``). Nothing is
+O(#virtual rows): a 10^8-row table costs only its live rows.
 
 Allocation is a bump allocator in both arrays (``counters['high_water']`` slots, ``counters['row_high_water']``
 entries used). A row that earns more chunks moves to a new run of the longer length at the high-water mark
@@ -189,9 +189,10 @@ class VhpiChunkStore(nn.Module):
 
     def lookup_rows(self, row_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(entries int32 [U] (-1: not stored), slots int32 [U, max_chunks]) of each row: its index entry (where
-        its per-row optimizer state is) and its live chunk slots."""
-        entries = self.find_entries(row_keys)
-        return entries.to(torch.int32), run_slots(entries, self.entry_first, self.entry_chunks, self.max_chunks)
+        its per-row optimizer state is) and its live chunk slots -- one probe per row and its run expanded, in
+        one kernel (``vhpi_lookup_runs``)."""
+        return ops.vhpi_lookup_runs(self.hash_buckets, self.entry_keys, self.entry_first, self.entry_chunks, row_keys,
+                                    self.max_chunks, self.config.max_probe)
 
     def live_rows(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(entries, row keys, chunk counts) of every stored row, sorted by row key."""
@@ -495,17 +496,6 @@ class VhpiChunkStore(nn.Module):
             if key in state_dict and buffer is not None and state_dict[key].shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-
-def run_slots(entries: torch.Tensor, entry_first: torch.Tensor, entry_chunks: torch.Tensor, max_chunks: int) -> torch.Tensor:
-    """The slot matrix int32 [U, max_chunks] of rows found at index ``entries`` [U] (-1: not stored): row u's
-    chunk k is at ``entry_first[e] + k`` for k < ``entry_chunks[e]``, -1 elsewhere."""
-    found = entries >= 0
-    safe = entries.clamp(min=0)
-    count = torch.where(found, entry_chunks[safe].to(torch.int32), 0)
-    position = torch.arange(max_chunks, dtype=torch.int32, device=entries.device)
-    slots = entry_first[safe].unsqueeze(1) + position
-    return torch.where(position < count.unsqueeze(1), slots, torch.full_like(slots, -1))
 
 
 def _expand_runs(first: torch.Tensor, row_keys: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

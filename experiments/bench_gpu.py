@@ -42,7 +42,6 @@ from experiments.cuda_build import build_native_ops  # noqa: E402  (first: keeps
 import torch  # noqa: E402
 
 from cuda_ext.reference.vhpi import pack_row_key  # noqa: E402
-from emb_opt.chunk_store import run_slots  # noqa: E402
 
 ROWWISE_ADAGRAD, UTILITY_FREQ_GRAD, LR, EPS, MAX_PROBE, LOAD = 2, 2, 0.01, 1e-8, 128, 0.5
 ROTATE = 4  # distinct batches cycled through by the timed runs
@@ -212,10 +211,9 @@ def bench_fiited(report: Report, args: argparse.Namespace, device: torch.device,
         return ops.chunk_bag_unique(b["values"], b["offsets"], meta["feature_table"], meta["table_rows"], args.batch)
 
     def lookup(row_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(entries, slots) as VhpiChunkStore.lookup_rows: one probe per row, then its run."""
-        ones = torch.ones(row_keys.numel(), dtype=torch.int32, device=device)
-        entries = ops.vhpi_lookup(store["buckets"], store["entry_keys"], row_keys, ones, 1, MAX_PROBE)[:, 0]
-        return entries, run_slots(entries.to(torch.int64), store["entry_first"], store["entry_chunks"], chunks)
+        """(entries, slots) as VhpiChunkStore.lookup_rows: one probe per row and its run, one kernel."""
+        return ops.vhpi_lookup_runs(store["buckets"], store["entry_keys"], store["entry_first"], store["entry_chunks"],
+                                    row_keys, chunks, MAX_PROBE)
 
     def forward(b: Dict[str, torch.Tensor], slots: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         return ops.chunk_bag_forward(store["pool"], slots, inverse, b["offsets"], None, meta["feature_table"],

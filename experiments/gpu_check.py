@@ -162,6 +162,18 @@ def check_vhpi(seed: int) -> None:
     want = reference.vhpi_lookup(wb, wk, wide_keys[:, 0].contiguous(), nc, 40, 64)
     if same(f"vhpi_lookup 40 chunks seed={seed}", run(ops().vhpi_lookup, cuda(wb), cuda(wk), cuda(wide_keys[:, 0].contiguous()), cuda(nc), 40, 64), want):
         record(f"vhpi_lookup 40 chunks seed={seed}", True)
+    # the row index: one probe per row and its run expanded (entries in random order, unused ones mixed in)
+    entry_keys = torch.cat([row_keys, torch.full((100,), -1, dtype=torch.int64)])[torch.randperm(row_keys.numel() + 100, generator=gen)]
+    entry_first = torch.randint(0, 10**6, (entry_keys.numel(),), generator=gen, dtype=torch.int32)
+    entry_chunks = torch.randint(0, 6, (entry_keys.numel(),), generator=gen).to(torch.int8)
+    ib = run(ops().vhpi_rebuild, cuda(entry_keys), 2 * entry_keys.numel(), 64)
+    ok = table_holds_exactly(f"vhpi_lookup_runs seed={seed}: index", ib, entry_keys, (entry_keys >= 0).nonzero().reshape(-1), 64)
+    for cmax in (4, 40):
+        want = reference.vhpi_lookup_runs(ib.cpu(), entry_keys, entry_first, entry_chunks, query, cmax, 64)
+        got = run(ops().vhpi_lookup_runs, ib, *(cuda(a) for a in (entry_keys, entry_first, entry_chunks, query)), cmax, 64)
+        ok &= all(same(f"vhpi_lookup_runs seed={seed} Cmax={cmax}: {what}", g, w) for g, w, what in zip(got, want, ("entries", "slots")))
+    if ok:
+        record(f"vhpi_lookup_runs seed={seed}", True, f"{query.numel()} rows, {row_keys.numel()} stored")
     # insert: half rebuilt, the rest inserted -> all there; a tiny table reports how many went in
     name = f"vhpi_insert_ seed={seed}"
     half = live.numel() // 2
@@ -414,7 +426,8 @@ def check_backward(case: Dict, tag: str, seed: int, want_unique: Tuple) -> None:
 OPS: Dict[str, Tuple[str, ...]] = {
     "mix_hash": ("mix_hash",),
     "vhpi_rebuild": ("vhpi_rebuild", "vhpi "),
-    "vhpi_lookup": ("vhpi_rebuild+lookup", "vhpi_lookup", "lookup ", "vhpi "),
+    "vhpi_lookup": ("vhpi_rebuild+lookup", "vhpi_lookup ", "lookup ", "vhpi "),
+    "vhpi_lookup_runs": ("vhpi_lookup_runs", "vhpi "),
     "vhpi_insert_": ("vhpi_insert_", "vhpi "),
     "chunk_bag_unique": ("chunk_bag_unique", "unique ", "chunk_bag "),
     "chunk_bag_forward": ("chunk_bag_forward", "forward ", "chunk_bag "),

@@ -73,3 +73,55 @@ def test_bad_arguments_raise():
         ops.vhpi_lookup(torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.int32), 1, 4)
     with pytest.raises(RuntimeError, match="out of range"):
         ops.vhpi_insert_(torch.full((4,), -1, dtype=torch.int32), torch.zeros(2, dtype=torch.int64), torch.tensor([5], dtype=torch.int32), 4)
+
+
+def random_row_index(seed: int, num_rows: int = 300, spare: int = 40, max_chunks: int = 5):
+    """A row index as the row-keyed store keeps one: entries (key, first slot, chunk count) in random order,
+    unused entries (key -1) mixed in, runs laid end to end in a random order over the pool."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.unique(torch.randint(0, 10**9, (num_rows * 2,), generator=gen))[:num_rows]
+    row_keys = pack_row_key(torch.randint(0, 3, (num_rows,), generator=gen), rows[torch.randperm(rows.numel(), generator=gen)])
+    counts = torch.randint(1, max_chunks + 1, (num_rows,), generator=gen)
+    order = torch.randperm(num_rows, generator=gen)  # where each run lies in the pool
+    starts = torch.empty(num_rows, dtype=torch.int64)
+    starts[order] = torch.cumsum(counts[order], 0) - counts[order]
+    entry_keys = torch.cat([row_keys, torch.full((spare,), -1, dtype=torch.int64)])
+    entry_first = torch.cat([starts, torch.zeros(spare, dtype=torch.int64)]).to(torch.int32)
+    entry_chunks = torch.cat([counts, torch.zeros(spare, dtype=torch.int64)]).to(torch.int8)
+    perm = torch.randperm(entry_keys.numel(), generator=gen)
+    return row_keys, counts, starts, entry_keys[perm], entry_first[perm], entry_chunks[perm]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("max_chunks", [1, 3, 5, 40])
+def test_lookup_runs_matches_reference_and_expands_each_rows_run(seed, max_chunks):
+    row_keys, counts, starts, entry_keys, entry_first, entry_chunks = random_row_index(seed)
+    buckets = ops.vhpi_rebuild(entry_keys, 2 * entry_keys.numel(), 64)
+    gen = torch.Generator().manual_seed(seed + 7)
+    unknown = pack_row_key(torch.zeros(60, dtype=torch.int64), torch.randint(10**9, 2 * 10**9, (60,), generator=gen))
+    query = torch.cat([row_keys, unknown])[torch.randperm(row_keys.numel() + 60, generator=gen)]
+    args = (buckets, entry_keys, entry_first, entry_chunks, query, max_chunks, 64)
+    entries, slots = ops.vhpi_lookup_runs(*args)
+    want_entries, want_slots = reference.vhpi_lookup_runs(*args)
+    assert entries.dtype == slots.dtype == torch.int32 and slots.shape == (query.numel(), max_chunks)
+    assert torch.equal(entries, want_entries) and torch.equal(slots, want_slots)
+    # and the answer is right: a stored row's entry holds its key, its run starts where it was laid out
+    for u, key in enumerate(query.tolist()):
+        where = (row_keys == key).nonzero().reshape(-1)
+        if where.numel() == 0:
+            assert int(entries[u]) == -1 and bool((slots[u] == -1).all())
+            continue
+        i = int(where[0])
+        n = min(int(counts[i]), max_chunks)
+        assert int(entry_keys[entries[u]]) == key
+        assert slots[u, :n].tolist() == list(range(int(starts[i]), int(starts[i]) + n))
+        assert bool((slots[u, n:] == -1).all())
+
+
+def test_lookup_runs_names_mismatched_index_arrays():
+    row_keys, _, _, entry_keys, entry_first, entry_chunks = random_row_index(3)
+    buckets = ops.vhpi_rebuild(entry_keys, 2 * entry_keys.numel(), 64)
+    with pytest.raises(RuntimeError, match="one value per entry, got 340, 339 and 340"):
+        ops.vhpi_lookup_runs(buckets, entry_keys, entry_first[1:].contiguous(), entry_chunks, row_keys, 4, 64)
+    with pytest.raises(RuntimeError, match="entry_chunks must be Char"):
+        ops.vhpi_lookup_runs(buckets, entry_keys, entry_first, entry_chunks.to(torch.int32), row_keys, 4, 64)

@@ -6,6 +6,8 @@ num_buckets`` for at most ``max_probe`` buckets, an empty bucket ending the sear
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
 from cuda_ext.reference.hashing import seeded_hash63
@@ -77,6 +79,27 @@ def vhpi_lookup(
         alive = alive & (column >= 0)
         out[:, k] = torch.where(alive, column, out[:, k])
     return out
+
+
+def vhpi_lookup_runs(
+    buckets: torch.Tensor,
+    entry_keys: torch.Tensor,
+    entry_first: torch.Tensor,
+    entry_chunks: torch.Tensor,
+    row_keys: torch.Tensor,
+    max_chunks: int,
+    max_probe: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    entries = probe(buckets, entry_keys, row_keys, max_probe)
+    count = torch.zeros(row_keys.numel(), dtype=torch.int64)
+    first = torch.zeros(row_keys.numel(), dtype=torch.int64)
+    found = (entries >= 0).nonzero().reshape(-1)
+    e = entries[found].to(torch.int64)
+    count[found] = entry_chunks[e].to(torch.int64).clamp(0, max_chunks)
+    first[found] = entry_first[e].to(torch.int64)
+    position = torch.arange(max_chunks)
+    slots = torch.where(position < count.unsqueeze(1), first.unsqueeze(1) + position, -1)
+    return entries, slots.to(torch.int32)
 
 
 def _insert_one(buckets: list, num_buckets: int, max_probe: int, key: int, home: int, slot: int) -> bool:

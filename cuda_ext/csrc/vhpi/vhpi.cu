@@ -6,6 +6,10 @@
 //     k+32 for Cmax > 32) in parallel, and a ballot keeps the prefix up to the first missing chunk. Same output
 //     as the CPU kernel on every input (the CPU stops probing at the first missing chunk; here every chunk is
 //     probed, then masked). Every output element is written (no fill pass).
+// vhpi_lookup_runs(buckets, entry_keys [R] i64, entry_first [R] i32, entry_chunks [R] i8, row_keys [U] i64, Cmax,
+//     max_probe) -> (entries [U] i32, slots [U, Cmax] i32). One group of next_pow2(min(Cmax, 32)) lanes per row:
+//     every lane probes the row key (the same addresses: one transaction per load), lane k writes run slots k,
+//     k + G, ... Same output as the CPU kernel; every output element is written.
 // vhpi_insert_(buckets, slot_keys, slots [n] i32, max_probe) -> int. One thread per slot, claiming an empty
 //     bucket with atomicCAS along its probe sequence. CONTRACT ON CUDA (differs from the CPU):
 //       * bucket placement depends on thread timing (the CPU inserts in `slots` order), so buckets may differ
@@ -72,6 +76,22 @@ __global__ void __launch_bounds__(kThreads)
       if (k < max_chunks) out[u * max_chunks + k] = (alive && before_first_missing) ? s : -1;
       if (missing != 0 || k0 + group_size >= limit) alive = false;
     }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    vhpi_lookup_runs_kernel(const int32_t* __restrict__ buckets, const int64_t* __restrict__ entry_keys,
+                            int64_t num_buckets, int64_t num_entries, int64_t max_probe,
+                            const int32_t* __restrict__ entry_first, const int8_t* __restrict__ entry_chunks,
+                            const int64_t* __restrict__ row_keys, int64_t n, int max_chunks, int group_size,
+                            int32_t* __restrict__ entries, int32_t* __restrict__ slots) {
+  const Group g(group_size);
+  for (int64_t u = g.index(); u < n; u += g.count()) {  // uniform within the group
+    const int32_t e = probe_slot_checked(buckets, entry_keys, num_buckets, num_entries, max_probe, row_keys[u]);
+    const int count = e < 0 ? 0 : min(max(static_cast<int>(__ldg(entry_chunks + e)), 0), max_chunks);
+    const int32_t first = e < 0 ? 0 : __ldg(entry_first + e);
+    if (g.lane == 0) entries[u] = e;
+    for (int k = g.lane; k < max_chunks; k += group_size) slots[u * max_chunks + k] = k < count ? first + k : -1;
   }
 }
 
@@ -154,6 +174,29 @@ at::Tensor vhpi_lookup_cuda(const at::Tensor& buckets, const at::Tensor& slot_ke
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> vhpi_lookup_runs_cuda(const at::Tensor& buckets, const at::Tensor& entry_keys,
+                                                         const at::Tensor& entry_first,
+                                                         const at::Tensor& entry_chunks, const at::Tensor& row_keys,
+                                                         int64_t max_chunks, int64_t max_probe) {
+  check_lookup_runs_args(buckets, entry_keys, entry_first, entry_chunks, row_keys, max_chunks, max_probe);
+  cuda::check_device("vhpi_lookup_runs", buckets.device(),
+                     {{"entry_keys", &entry_keys}, {"entry_first", &entry_first}, {"entry_chunks", &entry_chunks},
+                      {"row_keys", &row_keys}});
+  c10::cuda::CUDAGuard guard(buckets.device());
+  const int64_t n = row_keys.numel();
+  auto entries = at::empty({n}, row_keys.options().dtype(at::kInt));
+  auto slots = at::empty({n, max_chunks}, row_keys.options().dtype(at::kInt));
+  if (n == 0) return {entries, slots};
+  auto keys = row_keys.contiguous();
+  const int group = cuda::next_pow2(std::min<int64_t>(max_chunks, 32));
+  vhpi_lookup_runs_kernel<<<cuda::blocks_for(n * group), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      buckets.data_ptr<int32_t>(), entry_keys.data_ptr<int64_t>(), buckets.numel(), entry_keys.numel(), max_probe,
+      entry_first.data_ptr<int32_t>(), entry_chunks.data_ptr<int8_t>(), keys.data_ptr<int64_t>(), n,
+      static_cast<int>(max_chunks), group, entries.data_ptr<int32_t>(), slots.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {entries, slots};
+}
+
 int64_t vhpi_insert_cuda(at::Tensor& buckets, const at::Tensor& slot_keys, const at::Tensor& slots,
                          int64_t max_probe) {
   check_vhpi_table(buckets, slot_keys, max_probe);
@@ -208,6 +251,7 @@ at::Tensor vhpi_rebuild_cuda(const at::Tensor& slot_keys, int64_t num_buckets, i
 
 TORCH_LIBRARY_IMPL(emb_opt, CUDA, m) {
   m.impl("vhpi_lookup", &vhpi_lookup_cuda);
+  m.impl("vhpi_lookup_runs", &vhpi_lookup_runs_cuda);
   m.impl("vhpi_insert_", &vhpi_insert_cuda);
   m.impl("vhpi_rebuild", &vhpi_rebuild_cuda);
 }

@@ -42,6 +42,35 @@ at::Tensor vhpi_lookup_cpu(const at::Tensor& buckets, const at::Tensor& slot_key
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> vhpi_lookup_runs_cpu(const at::Tensor& buckets, const at::Tensor& entry_keys,
+                                                        const at::Tensor& entry_first, const at::Tensor& entry_chunks,
+                                                        const at::Tensor& row_keys, int64_t max_chunks,
+                                                        int64_t max_probe) {
+  check_lookup_runs_args(buckets, entry_keys, entry_first, entry_chunks, row_keys, max_chunks, max_probe);
+  const int64_t n = row_keys.numel();
+  auto entries = at::empty({n}, row_keys.options().dtype(at::kInt));
+  auto slots = at::empty({n, max_chunks}, row_keys.options().dtype(at::kInt));
+  auto keys = row_keys.contiguous();
+  const int32_t* b = buckets.data_ptr<int32_t>();
+  const int64_t* ek = entry_keys.data_ptr<int64_t>();
+  const int32_t* ef = entry_first.data_ptr<int32_t>();
+  const int8_t* ec = entry_chunks.data_ptr<int8_t>();
+  const int64_t* rk = keys.data_ptr<int64_t>();
+  int32_t* eo = entries.data_ptr<int32_t>();
+  int32_t* so = slots.data_ptr<int32_t>();
+  const int64_t nb = buckets.numel();
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int32_t e = probe_slot(b, ek, nb, max_probe, rk[u]);
+      const int64_t count = e < 0 ? 0 : std::min<int64_t>(std::max<int64_t>(ec[e], 0), max_chunks);
+      const int32_t first = e < 0 ? 0 : ef[e];
+      eo[u] = e;
+      for (int64_t k = 0; k < max_chunks; ++k) so[u * max_chunks + k] = k < count ? first + static_cast<int32_t>(k) : -1;
+    }
+  });
+  return {entries, slots};
+}
+
 // Returns false if no empty bucket was found within max_probe.
 bool insert_one(int32_t* b, int64_t nb, int64_t max_probe, int64_t key, int32_t slot) {
   int64_t pos = home_bucket(key, nb);
@@ -94,6 +123,7 @@ at::Tensor vhpi_rebuild_cpu(const at::Tensor& slot_keys, int64_t num_buckets, in
 
 TORCH_LIBRARY_IMPL(emb_opt, CPU, m) {
   m.impl("vhpi_lookup", &vhpi_lookup_cpu);
+  m.impl("vhpi_lookup_runs", &vhpi_lookup_runs_cpu);
   m.impl("vhpi_insert_", &vhpi_insert_cpu);
   m.impl("vhpi_rebuild", &vhpi_rebuild_cpu);
 }
