@@ -8,8 +8,9 @@ The store keeps a row's live chunks as one contiguous run of pool slots and inde
 
 So a whole row of D = 64 floats in chunks of 16 with row-wise Adagrad costs 4 x 68 + 25 = 297 bytes, and the
 same row stored whole (row pruning: one chunk of 64) 285 -- against 353 with a key and buckets per chunk, the
-first layout, and 309 with the accumulator kept in the slot of the row's first chunk (a float in every slot). The fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table
-metadata. Nothing scales with the number of virtual rows: a 10^8-row table costs only what its live rows cost.
+first layout, and 309 with the accumulator kept in the slot of the row's first chunk (a float in every slot).
+The fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table metadata.
+Nothing scales with the number of virtual rows: a 10^8-row table costs only what its live rows cost.
 
 A full (dense) table costs ``rows x (4D + dense optimizer state per row)`` -- the baseline a budget fraction
 refers to, so "5%" means 5% of what TorchRec's fused table with the same optimizer would hold.

@@ -10,10 +10,10 @@ index entry, which says where the run starts and how long it is:
     pool_state   [S, w] float32   per-chunk opt. state    entry_first  [R] int32  first slot of the row's run
     slot_utility [S]    float32   decayed utility         entry_chunks [R] int8   live chunks k_r (0 = none)
     hash_buckets [H]    int32     H = R / max_load_factor entry_state  [R, v] float32  per-row optimizer state
-
-(w = c for Adagrad, else 0; v = 1 for row-wise Adagrad -- its one accumulator per row -- else 0.)
     sketch       [2, M] float32   count-min sketch of utilities of chunks that are *not* stored
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
+
+(w = c for Adagrad, else 0; v = 1 for row-wise Adagrad -- its one accumulator per row -- else 0.)
 
 Why rows and not chunks: every stored row is ~21 bytes of key, run and buckets, paid once, where keying every
 chunk paid 16 bytes per chunk (``emb_opt.budget``). Lookup probes once per row and expands the run to the
@@ -22,9 +22,9 @@ O(#virtual rows): a 10^8-row table costs only its live rows.
 
 Allocation is a bump allocator in both arrays (``counters['high_water']`` slots, ``counters['row_high_water']``
 entries used). A row that earns more chunks moves to a new run of the longer length at the high-water mark
-(its chunks, their optimizer state and utilities go with it; its entry stays); the old run stays a hole until the next resize, which
-always compacts: live rows move to the front in key order and the arrays are re-sized to the live rows plus
-the reserve. Pool and index grow on demand (x1.5), always within the budget: allocated bytes -- not just live
+(its chunks, their optimizer state and utilities go with it; its entry stays); the old run stays a hole until
+the next resize, which always compacts: live rows move to the front in key order and the arrays are re-sized
+to the live rows plus the reserve. Pool and index grow on demand (x1.5), always within the budget: allocated bytes -- not just live
 bytes -- stay within the memory budget at all times (``StorePlan.fits``).
 
 Admission (``admit``, training forwards): a touched row whose next chunk position k has sketch estimate

@@ -44,7 +44,8 @@ from torch import nn
 from cuda_ext.reference.vhpi import key_table
 from emb_opt.budget import full_table_bytes
 from emb_opt.config import FiitedConfig, OptimizerType, parse_optimizer
-from emb_opt.store_checkpoints import has_slot_rowwise_state, is_chunk_keyed, row_keyed_buffers, slot_state_to_entry_state
+from emb_opt.store_checkpoints import (has_slot_rowwise_state, is_chunk_keyed, row_keyed_buffers,
+                                       slot_state_to_entry_state)
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas
@@ -208,8 +209,8 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
         # before entry_state: per slot --, adagrad c floats per slot)
         width = buffers["pool_state"].shape[1]
         row_state = buffers.get("entry_state")
-        if row_state is not None and row_state.dim() == 2 and row_state.shape[1] == 1:
-            width = 1
+        if row_state is not None:  # today's layout: row-wise keeps its float per row, never per slot
+            width = 1 if row_state.shape[1] == 1 else (0 if width == 0 else -1)
         optimizer = {0: OptimizerType.SGD, 1: OptimizerType.ROWWISE_ADAGRAD}.get(width, OptimizerType.ADAGRAD)
     tables = extra.get("tables")
     if not tables:

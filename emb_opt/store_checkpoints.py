@@ -29,6 +29,10 @@ from emb_opt.config import FiitedConfig
 if TYPE_CHECKING:  # pragma: no cover
     from emb_opt.chunk_store import VhpiChunkStore
 
+# the buffers that make up a store's training state, loaded together; those of one length (slots, entries)
+_SLOT_ARRAYS = ("pool_weights", "pool_state", "slot_utility")
+_ENTRY_ARRAYS = ("entry_keys", "entry_first", "entry_chunks", "entry_state")
+_STORE_STATE = _SLOT_ARRAYS + _ENTRY_ARRAYS + ("hash_buckets", "sketch", "thresholds", "counters")
 # counter positions shared by both layouts; the row-keyed one appends row_high_water and relocated_rows
 _HIGH_WATER, _DENIED, _DENIED_AT_LAST_RESIZE, _ROW_HIGH_WATER, _COUNTERS = 1, 3, 9, 10, 12
 
@@ -136,6 +140,18 @@ def checkpoint_problems(store: "VhpiChunkStore", state_dict: Mapping[str, torch.
         if value is not None and not torch.equal(value.to(getattr(store, name).device), getattr(store, name)):
             return [f"{prefix}{name}: checkpoint tables {value.tolist()} differ from this module's "
                     f"{getattr(store, name).tolist()} (tables {store.table_names})"]
+    # the pool and the row index are one state: a partial one (a strict=False load of a trimmed checkpoint)
+    # would leave arrays of different stores side by side
+    present = [n for n in _STORE_STATE if prefix + n in state_dict]
+    if present and len(present) < len(_STORE_STATE):
+        missing = [prefix + n for n in _STORE_STATE if n not in present]
+        return [f"{', '.join(missing)}: not in the checkpoint, which holds the rest of this store's state; a store "
+                "loads whole or not at all"]
+    for group in (_SLOT_ARRAYS, _ENTRY_ARRAYS):
+        sizes = {n: int(state_dict[prefix + n].shape[0]) for n in group if prefix + n in state_dict}
+        if len(set(sizes.values())) > 1:
+            return [f"{prefix}{group[0]}: the checkpoint's {', '.join(f'{n} ({k})' for n, k in sizes.items())} "
+                    "differ in length; it is damaged"]
     problems = []
     optimizer, c = store.config.optimizer, store.config.chunk_size
     width, row_width = optimizer.state_width(c), optimizer.row_state_width

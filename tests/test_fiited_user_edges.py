@@ -79,6 +79,30 @@ def test_a_checkpoint_of_another_optimizer_is_refused_and_names_both_state_layou
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("dropped", [("store.pool_state",), ("store.entry_state", "store.pool_state"),
+                                     ("store.pool_weights",)])
+def test_a_checkpoint_holding_part_of_a_store_is_refused_and_names_what_is_missing(dropped):
+    # strict=False would otherwise load the rest, leaving arrays of two stores side by side
+    source = trained(memory_budget=20000, chunk_size=4)
+    module = trained(memory_budget=20000, chunk_size=4)
+    before = store_tensors(module)
+    checkpoint = {k: v for k, v in source.state_dict().items() if k not in dropped}
+    with pytest.raises(RuntimeError, match=rf"{sorted(dropped)[-1]}.*not in the checkpoint.*loads whole or not at all"):
+        module.load_state_dict(checkpoint, strict=False)
+    after = store_tensors(module)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    module(random_kjt(9)).values().sum().backward()  # still trains
+
+
+def test_the_report_tells_the_optimizer_of_a_bare_checkpoint_from_its_state_shapes():
+    # without the collection's self-description; at chunk_size 1, Adagrad's [S, 1] per-slot state is not
+    # row-wise Adagrad's (which keeps its float per row, in entry_state)
+    for optimizer in ("adagrad", "rowwise_adagrad", "sgd"):
+        m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), memory_budget=20000, chunk_size=1, optimizer=optimizer)
+        bare = {k: v for k, v in m.state_dict().items() if not k.endswith("_extra_state")}
+        assert set(emb_opt.memory_report(bare)["optimizer"]) == {optimizer}
+
+
 @pytest.mark.parametrize("optimizer,chunk_size,row_bytes", [("rowwise_adagrad", 16, 297), ("rowwise_adagrad", 64, 285),
                                                             ("adagrad", 16, 4 * (64 + 64 + 4) + 21), ("sgd", 16, 293)])
 def test_a_whole_row_costs_its_slots_and_one_index_entry(optimizer, chunk_size, row_bytes):
