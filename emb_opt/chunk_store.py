@@ -180,8 +180,7 @@ class VhpiChunkStore(nn.Module):
 
     def find_entries(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Index entry of each row, int64 [U] (-1 for rows without chunks): one probe per row."""
-        ones = torch.ones(row_keys.numel(), dtype=torch.int32, device=row_keys.device)
-        return ops.vhpi_lookup(self.hash_buckets, self.entry_keys, row_keys, ones, 1, self.config.max_probe)[:, 0].to(torch.int64)
+        return self.lookup_rows(row_keys)[0].to(torch.int64)
 
     def lookup(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Live chunk slots of each row: int32 [U, max_chunks], -1 past the live prefix."""
