@@ -44,8 +44,7 @@ from torch import nn
 from cuda_ext.reference.vhpi import key_table
 from emb_opt.budget import full_table_bytes
 from emb_opt.config import FiitedConfig, OptimizerType, parse_optimizer
-from emb_opt.store_checkpoints import (has_slot_rowwise_state, is_chunk_keyed, row_keyed_buffers,
-                                       slot_state_to_entry_state)
+from emb_opt.store_checkpoints import convert_slot_rowwise_state, is_chunk_keyed, row_keyed_buffers
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas
@@ -141,9 +140,8 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
     if is_chunk_keyed(buffers):  # a checkpoint of the older layout: reported as it loads now
         converted = row_keyed_buffers({k: v.detach().cpu() for k, v in buffers.items()}, FiitedConfig())
         buffers = {k: v for k, v in buffers.items() if k not in ("slot_keys", "free_stack")} | converted
-    if optimizer.row_state_width and has_slot_rowwise_state(buffers):  # accumulators in slots: as it loads now
-        buffers = dict(buffers) | slot_state_to_entry_state({k: buffers[k].detach().cpu() for k in
-                                                              ("pool_state", "entry_first", "entry_chunks")})
+    buffers = dict(buffers)  # row-wise accumulators kept in slots, or no entry_state: reported as it loads now
+    convert_slot_rowwise_state(buffers, "", FiitedConfig(chunk_size=chunk_size, optimizer=optimizer))
     entry_keys, entry_chunks = buffers["entry_keys"].detach().cpu(), buffers["entry_chunks"].detach().cpu()
     stored = entry_chunks > 0
     row_keys, row_chunks = entry_keys[stored], entry_chunks[stored].to(torch.int64)
