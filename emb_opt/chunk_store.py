@@ -50,6 +50,7 @@ from torch import nn
 from cuda_ext import ops
 from cuda_ext.reference.vhpi import MAX_CHUNKS, key_row, key_table
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
+from emb_opt import utility_sketch
 from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
 
@@ -59,7 +60,6 @@ from emb_opt.hashed_init import hashed_values, name_salt
 COUNTER_NAMES = ["step", "high_water", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
                  "hash_rebuilds", "compactions", "last_resize_step", "denied_at_last_resize", "row_high_water",
                  "relocated_rows"]  # fmt: skip
-_SKETCH_SEEDS = (101, 202)
 _GROWTH = 1.5
 
 
@@ -213,28 +213,15 @@ class VhpiChunkStore(nn.Module):
         keys = pack_row_key(torch.full_like(rows, table, dtype=torch.int64), rows.to(torch.int64))
         return (self.lookup(keys) >= 0).sum(1)
 
-    # ---- the utility sketch ---------------------------------------------------------------------------
-    def _sketch_cells(self, row_keys: torch.Tensor) -> List[torch.Tensor]:
-        width = self.sketch.shape[1]
-        return [ops.mix_hash(row_keys, width, seed) for seed in _SKETCH_SEEDS]
-
+    # ---- the utility sketch of rows not stored (emb_opt.utility_sketch) ------------------------------------
     def sketch_estimate(self, row_keys: torch.Tensor) -> torch.Tensor:
-        cells = self._sketch_cells(row_keys)
-        return torch.minimum(self.sketch[0, cells[0]], self.sketch[1, cells[1]])
+        return utility_sketch.sketch_estimate(self.sketch, row_keys)
 
     def sketch_add(self, row_keys: torch.Tensor, amounts: torch.Tensor) -> None:
-        if row_keys.numel() == 0:
-            return
-        for depth, cells in enumerate(self._sketch_cells(row_keys)):
-            self.sketch[depth].index_add_(0, cells, amounts.to(self.sketch.dtype))
+        utility_sketch.sketch_add(self.sketch, row_keys, amounts)
 
     def sketch_forget(self, row_keys: torch.Tensor, amounts: torch.Tensor) -> None:
-        """Remove ``amounts`` of utility (clamped at 0): those rows' candidates were just admitted."""
-        if row_keys.numel() == 0:
-            return
-        for depth, cells in enumerate(self._sketch_cells(row_keys)):
-            self.sketch[depth].index_add_(0, cells, -amounts.to(self.sketch.dtype))
-            self.sketch[depth][cells] = self.sketch[depth][cells].clamp(min=0)
+        utility_sketch.sketch_forget(self.sketch, row_keys, amounts)
 
     # ---- allocation ----------------------------------------------------------------------------------
     def ensure_free(self, slots: int, rows: int = 0) -> Tuple[int, int]:
