@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from experiments import metrics
+
 SEGMENTS = ("overall", "head", "torso", "tail", "new")
 
 
@@ -96,32 +98,14 @@ def quick_config(config: Config, keep: Sequence[str] = ()) -> Config:
 
 # ---------------------------------------------------------------------------------------------------- metrics
 def normalized_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean log loss divided by the entropy of the subset's mean label (NE; < 1 beats predicting the CTR)."""
-    if labels.size == 0:
-        return float("nan")
+    """NE of predicted probabilities (``experiments.metrics``; probabilities clipped to [1e-7, 1 - 1e-7])."""
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-    ctr = float(np.clip(labels.mean(), 1e-7, 1 - 1e-7))
-    entropy = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr))
-    return float(loss / entropy)
+    return metrics.normalized_entropy(torch.from_numpy(np.log(p) - np.log1p(-p)), torch.from_numpy(labels))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by ranks (ties averaged); NaN when a class is missing."""
-    positives = labels > 0.5
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # average ranks of ties
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [scores.size]])
-    average = (starts + ends - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(average, ends - starts)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """ROC AUC (``experiments.metrics``: average ranks for ties, NaN when a class is missing)."""
+    return metrics.auc(torch.from_numpy(np.asarray(scores)), torch.from_numpy(np.asarray(labels)))
 
 
 def item_segments(train_items: np.ndarray, is_new: np.ndarray, num_items: int) -> np.ndarray:
