@@ -2,13 +2,14 @@
 
 Every knob the design exposes is here with the reason for its default:
 * ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line). A chunk
-  pays 8 bytes besides its floats (utility, row-wise Adagrad state) and a stored row 21 (key, run, buckets),
-  so a whole D = 64 row costs 309 bytes at c = 16, 293 at c = 32 and 285 as one chunk. On the synthetic Criteo
-  data (five seeds, common random numbers; README), where rows stay whole, c = 32 and c = 16 are within
-  0.0003 AUC of each other at 5% and 1% of the bytes, and both tie whole-row pruning.
+  pays 4 bytes besides its floats (its utility) and a stored row 21 (key, run, buckets) plus its per-row
+  optimizer state, so with row-wise Adagrad a whole D = 64 row costs 297 bytes at c = 16, 289 at c = 32 and
+  285 as one chunk (``emb_opt.budget``). On the synthetic Criteo data (five seeds, common random numbers;
+  README), where rows stay whole, c = 32 and c = 16 are within 0.0002 AUC of each other at 5% and 1% of the
+  bytes, and both tie whole-row pruning.
 * ``optimizer``: fused sparse optimizer on the chunk pool -- "sgd", "adagrad", "rowwise_adagrad" (TorchRec's
-  and FBGEMM's default; one accumulator per row, in the slot of chunk 0, as EXACT_ROWWISE_ADAGRAD: a float is
-  allocated per slot, so chunks after the first carry 4 unused bytes). TorchRec / FBGEMM spellings
+  and FBGEMM's default; one accumulator per row, kept at the row's index entry, ``store.entry_state``, as
+  EXACT_ROWWISE_ADAGRAD does per row). TorchRec / FBGEMM spellings
   (``EmbOptimType.EXACT_ROWWISE_ADAGRAD``, ``torchrec.optim.RowWiseAdagrad``, ``torch.optim.SGD``) are accepted.
 * ``utility``: how a chunk earns its place: "freq" (access count, as TorchRec ITEP prunes rows), "grad" (mean
   gradient norm per access), "freq_grad" (sum of per-access gradient norms = freq x mean grad norm, AdaEmbed's

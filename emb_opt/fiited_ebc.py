@@ -75,10 +75,13 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         names = [t.name for t in self._tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names in {names}")
+        for t in self._tables:
+            if t.pooling not in (PoolingType.SUM, PoolingType.MEAN):
+                raise ValueError(f"table {t.name!r}: pooling must be SUM or MEAN, got {t.pooling.name}")
         poolings = {t.pooling for t in self._tables}
-        if len(poolings) > 1 or not poolings <= {PoolingType.SUM, PoolingType.MEAN}:
-            raise ValueError(f"all tables must share SUM or MEAN pooling, got {sorted(p.name for p in poolings)}")
-        self._pooling_mode = 1 if self._tables[0].pooling == PoolingType.MEAN else 0
+        # one pooling for all: the kernels pool that way; mixed: they sum, and MEAN features are divided after
+        self._pooling_mode = 1 if poolings == {PoolingType.MEAN} else 0
+        self._mixed_mean = [len(poolings) > 1 and t.pooling == PoolingType.MEAN for t in self._tables for _ in t.feature_names]
         for t in self._tables:
             if not t.feature_names:
                 t.feature_names = [t.name]
@@ -220,9 +223,22 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             out = EvalChunkBagLookup.apply(plan.weights, self, plan)  # weights get their gradient; nothing trains
         else:
             out = self._pool(plan)
+        if any(self._mixed_mean):
+            out = out * self._mean_scale(plan)
         if out.dtype != self._output_dtype.dtype:
             out = out.to(self._output_dtype.dtype)
         return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=out)
+
+    def _mean_scale(self, plan: BatchPlan) -> torch.Tensor:
+        """[B, out_dim] factors that turn the summed bags of MEAN-pooled features into means (1 / bag length,
+        0-length bags stay 0) when tables mix SUM and MEAN; autograd carries them into the fused backward, so
+        gradients, utilities and per-sample-weight gradients are those of mean pooling, as a MEAN-only
+        collection's kernels compute them."""
+        lengths = (plan.offsets[1:] - plan.offsets[:-1]).reshape(len(self._feature_dims), plan.batch_size)
+        mean = torch.tensor(self._mixed_mean, device=lengths.device).unsqueeze(1)
+        factors = torch.where(mean, 1.0 / lengths.clamp(min=1).to(torch.float32), torch.ones((), device=lengths.device))
+        dims = torch.tensor(self._feature_dims, device=lengths.device)
+        return factors.repeat_interleave(dims, dim=0).t()
 
     def _drop_chunk_suffixes(self, plan: BatchPlan) -> None:
         """Nested (Matryoshka-style) chunk dropout: with probability ``prefix_dropout`` a row of the batch uses

@@ -376,3 +376,40 @@ def test_a_budget_just_above_the_minimum_stores_what_fits(budget):
     assert int(m.store.active_chunks(0, torch.tensor([7]))) == fitting
     assert bool(out[0, : 4 * fitting].ne(0).all()) and not bool(out[0, 4 * fitting :].any())
     assert m.memory_bytes() <= m.budget_bytes
+
+
+def test_tables_may_mix_sum_and_mean_pooling_as_in_an_embedding_bag_collection():
+    # t0 (features f0, f2) sums, t1 (f1) averages: the same outputs, per-sample-weight gradients and training as
+    # two single-pooling collections of the same tables (same hashed init, everything stored, no resize)
+    tables = small_tables(dim=8)
+    tables[1].pooling = PoolingType.MEAN
+    options = dict(chunk_size=4, is_weighted=True, warmup_steps=100, learning_rate=0.1)
+    mixed = emb_opt.FiitedEmbeddingBagCollection(tables, 10**6, **options)
+    sums = emb_opt.FiitedEmbeddingBagCollection(tables[:1], 10**6, **options)
+    means = emb_opt.FiitedEmbeddingBagCollection(tables[1:], 10**6, **options)
+    for step in range(4):
+        kjt = random_kjt(step, batch_size=8, weighted=True)
+        weights = kjt.weights().clone().requires_grad_(True)
+        kjt = KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), weights=weights)
+        parts = kjt.to_dict()
+        out = mixed(kjt).to_dict()
+        ref = {**sums(KeyedJaggedTensor.from_jt_dict({k: parts[k] for k in ("f0", "f2")})).to_dict(),
+               **means(KeyedJaggedTensor.from_jt_dict({"f1": parts["f1"]})).to_dict()}
+        for key in ("f0", "f2", "f1"):
+            torch.testing.assert_close(out[key], ref[key])
+        probe = torch.randn(8, 24, generator=torch.Generator().manual_seed(step))
+        got = torch.autograd.grad((torch.cat([out[k] for k in ("f0", "f2", "f1")], 1) * probe).sum(), weights)[0]
+        expected = torch.autograd.grad((torch.cat([ref[k] for k in ("f0", "f2", "f1")], 1) * probe).sum(), weights)[0]
+        torch.testing.assert_close(got, expected)
+    for name, single in (("t0", sums), ("t1", means)):
+        torch.testing.assert_close(mixed.to_dense_weights(name), single.to_dense_weights(name))
+    assert not torch.equal(mixed.to_dense_weights("t1"), emb_opt.FiitedEmbeddingBagCollection(tables, 10**6, **options).to_dense_weights("t1"))
+    lengths = kjt.lengths().reshape(3, 8)[2]
+    assert bool((lengths > 1).any())  # some mean bags really average more than one row
+
+
+def test_a_pooling_the_kernels_do_not_have_is_refused_naming_the_table():
+    tables = small_tables()
+    tables[1].pooling = PoolingType.NONE
+    with pytest.raises(ValueError, match="table 't1': pooling must be SUM or MEAN, got NONE"):
+        emb_opt.FiitedEmbeddingBagCollection(tables, 1.0, chunk_size=4)
