@@ -81,12 +81,12 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         poolings = {t.pooling for t in self._tables}
         # one pooling for all: the kernels pool that way; mixed: they sum, and MEAN features are divided after
         self._pooling_mode = 1 if poolings == {PoolingType.MEAN} else 0
-        self._mixed_mean = [len(poolings) > 1 and t.pooling == PoolingType.MEAN for t in self._tables for _ in t.feature_names]
         for t in self._tables:
             if not t.feature_names:
                 t.feature_names = [t.name]
             if not 1 <= t.num_embeddings <= MAX_ROWS:
                 raise ValueError(f"table {t.name!r}: num_embeddings must be in [1, 2^47], got {t.num_embeddings}")
+        self._mixed_mean = [len(poolings) > 1 and t.pooling == PoolingType.MEAN for t in self._tables for _ in t.feature_names]
         self._is_weighted = is_weighted
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         rows = [t.num_embeddings for t in self._tables]
@@ -317,7 +317,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     @torch.no_grad()
     def to_dense_weights(self, table: str) -> torch.Tensor:
-        """The table as a dense ``[num_embeddings, embedding_dim]`` tensor (pruned chunks are zeros).
+        """The table as a dense ``[num_embeddings, embedding_dim]`` tensor (chunks not stored -- pruned, or of rows
+        no training forward has touched yet -- are zeros).
 
         Allocates the full table: meant for inspection, export and tests on tables that fit in memory.
         """

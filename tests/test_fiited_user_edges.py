@@ -413,3 +413,20 @@ def test_a_pooling_the_kernels_do_not_have_is_refused_naming_the_table():
     tables[1].pooling = PoolingType.NONE
     with pytest.raises(ValueError, match="table 't1': pooling must be SUM or MEAN, got NONE"):
         emb_opt.FiitedEmbeddingBagCollection(tables, 1.0, chunk_size=4)
+
+
+@pytest.mark.parametrize("names", [(None, None), (None, ["fb"]), (["fa"], None)])
+def test_mixed_pooling_follows_each_table_also_when_its_feature_is_named_after_it(names):
+    # a table without feature_names is read by one feature of its own name; the MEAN division must find it
+    tables = [EmbeddingBagConfig(name="a", num_embeddings=10, embedding_dim=8, feature_names=names[0] or [],
+                                 pooling=PoolingType.SUM),
+              EmbeddingBagConfig(name="b", num_embeddings=10, embedding_dim=8, feature_names=names[1] or [],
+                                 pooling=PoolingType.MEAN)]
+    m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**6, chunk_size=4, warmup_steps=100)
+    keys = [(names[0] or ["a"])[0], (names[1] or ["b"])[0]]
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.tensor([1, 2, 3, 4, 5]), lengths=torch.tensor([2, 0, 3, 0]))
+    out = m(kjt).values()
+    a, b = m.to_dense_weights("a"), m.to_dense_weights("b")  # the values the forward read (its update comes in backward)
+    torch.testing.assert_close(out[0, :8], a[1] + a[2])
+    torch.testing.assert_close(out[0, 8:], (b[3] + b[4] + b[5]) / 3)
+    assert not bool(out[1].any())
