@@ -108,6 +108,9 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             cols.append(cols[-1] + d)
         self.register_buffer("_feature_table", torch.tensor(feature_table, dtype=torch.int32, device=self._device), persistent=False)
         self.register_buffer("_feature_cols", torch.tensor(cols, dtype=torch.int64, device=self._device), persistent=False)
+        # mixed pooling: which features to divide by their bag lengths, and the output columns of each feature
+        self.register_buffer("_mean_features", torch.tensor(self._mixed_mean, device=self._device), persistent=False)
+        self.register_buffer("_feature_widths", torch.tensor(self._feature_dims, device=self._device), persistent=False)
         # follows .half() / .double() / .to(dtype) of the model (the store stays float32): the output's dtype
         self.register_buffer("_output_dtype", torch.zeros(0, device=self._device), persistent=False)
         self._out_dim = sum(self._feature_dims)
@@ -235,10 +238,9 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         gradients, utilities and per-sample-weight gradients are those of mean pooling, as a MEAN-only
         collection's kernels compute them."""
         lengths = (plan.offsets[1:] - plan.offsets[:-1]).reshape(len(self._feature_dims), plan.batch_size)
-        mean = torch.tensor(self._mixed_mean, device=lengths.device).unsqueeze(1)
-        factors = torch.where(mean, 1.0 / lengths.clamp(min=1).to(torch.float32), torch.ones((), device=lengths.device))
-        dims = torch.tensor(self._feature_dims, device=lengths.device)
-        return factors.repeat_interleave(dims, dim=0).t()
+        inverse = 1.0 / lengths.clamp(min=1).to(torch.float32)
+        factors = torch.where(self._mean_features.unsqueeze(1), inverse, torch.ones_like(inverse))
+        return factors.repeat_interleave(self._feature_widths, dim=0, output_size=self._out_dim).t()
 
     def _drop_chunk_suffixes(self, plan: BatchPlan) -> None:
         """Nested (Matryoshka-style) chunk dropout: with probability ``prefix_dropout`` a row of the batch uses
