@@ -86,7 +86,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 t.feature_names = [t.name]
             if not 1 <= t.num_embeddings <= MAX_ROWS:
                 raise ValueError(f"table {t.name!r}: num_embeddings must be in [1, 2^47], got {t.num_embeddings}")
-        self._mixed_mean = [len(poolings) > 1 and t.pooling == PoolingType.MEAN for t in self._tables for _ in t.feature_names]
+        mixed_mean = [len(poolings) > 1 and t.pooling == PoolingType.MEAN for t in self._tables for _ in t.feature_names]
+        self._divides_means = any(mixed_mean)
         self._is_weighted = is_weighted
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         rows = [t.num_embeddings for t in self._tables]
@@ -109,7 +110,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         self.register_buffer("_feature_table", torch.tensor(feature_table, dtype=torch.int32, device=self._device), persistent=False)
         self.register_buffer("_feature_cols", torch.tensor(cols, dtype=torch.int64, device=self._device), persistent=False)
         # mixed pooling: which features to divide by their bag lengths, and the output columns of each feature
-        self.register_buffer("_mean_features", torch.tensor(self._mixed_mean, device=self._device), persistent=False)
+        self.register_buffer("_mean_features", torch.tensor(mixed_mean, device=self._device), persistent=False)
         self.register_buffer("_feature_widths", torch.tensor(self._feature_dims, device=self._device), persistent=False)
         # follows .half() / .double() / .to(dtype) of the model (the store stays float32): the output's dtype
         self.register_buffer("_output_dtype", torch.zeros(0, device=self._device), persistent=False)
@@ -226,7 +227,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             out = EvalChunkBagLookup.apply(plan.weights, self, plan)  # weights get their gradient; nothing trains
         else:
             out = self._pool(plan)
-        if any(self._mixed_mean):
+        if getattr(self, "_divides_means", False):  # absent in modules pickled before mixed pooling (none mixed)
             out = out * self._mean_scale(plan)
         if out.dtype != self._output_dtype.dtype:
             out = out.to(self._output_dtype.dtype)
