@@ -7,10 +7,9 @@ The store keeps a row's live chunks as one contiguous run of pool slots and inde
   accumulator (4) and its hash buckets (4 bytes each, 1/max_load_factor per row).
 
 So a whole row of D = 64 floats in chunks of 16 with row-wise Adagrad costs 4 x 68 + 25 = 297 bytes, and the
-same row stored whole (row pruning: one chunk of 64) 285 -- against 353 with a key and buckets per chunk, the
-first layout, and 309 with the accumulator kept in the slot of the row's first chunk (a float in every slot).
-The fixed part is the count-min sketch (``sketch_fraction`` of the budget) and small per-table metadata.
-Nothing scales with the number of virtual rows: a 10^8-row table costs only what its live rows cost.
+same row stored whole (row pruning: one chunk of 64) 285. The fixed part is the count-min sketch
+(``sketch_fraction`` of the budget), small per-table metadata, the counters and the collection's per-feature
+layout. Nothing scales with the number of virtual rows: a 10^8-row table costs only what its live rows cost.
 
 A full (dense) table costs ``rows x (4D + dense optimizer state per row)`` -- the baseline a budget fraction
 refers to, so "5%" means 5% of what TorchRec's fused table with the same optimizer would hold.
@@ -26,6 +25,7 @@ import torch
 
 from emb_opt.config import FiitedConfig, OptimizerType
 from emb_opt.hashed_init import MAX_COLUMNS
+from emb_opt.store_counters import NUM_COUNTERS
 
 FLOAT_BYTES = 4
 KEY_BYTES = 8
@@ -37,8 +37,7 @@ MIN_BUCKETS = 16
 ENTRY_BYTES = KEY_BYTES + SLOT_ID_BYTES + COUNT_BYTES  # one row entry, without its buckets
 SKETCH_DEPTH = 2
 METADATA_BYTES_PER_TABLE = 8 + 4 + 4 + 8  # rows (int64), chunks (int32), init scale (float32), init salt (int64)
-METADATA_BYTES_PER_FEATURE = 4 + 8  # feature -> table (int32), first output column (int64)
-COUNTER_BYTES = 8 * 12
+COUNTER_BYTES = 8 * NUM_COUNTERS
 
 
 def full_table_bytes(rows: int, dim: int, optimizer: OptimizerType) -> int:
@@ -143,13 +142,14 @@ def resolve_budget(memory_budget: Union[int, float], full_bytes: int) -> int:
 
 
 def plan_store(budget_bytes: int, full_bytes: int, num_tables: int, max_chunks: int, config: FiitedConfig,
-               num_features: int = 0) -> StorePlan:
-    """How many chunk slots and rows fit in ``budget_bytes``; raises if not even one row of one chunk does."""
+               layout_bytes: int = 0) -> StorePlan:
+    """How many chunk slots and rows fit in ``budget_bytes``; raises if not even one row of one chunk does.
+    ``layout_bytes``: what the collection's own buffers (its feature layout) take from the budget."""
     sketch_width = max(1, int(config.sketch_fraction * budget_bytes) // (SKETCH_DEPTH * FLOAT_BYTES))
     fixed = (
         SKETCH_DEPTH * sketch_width * FLOAT_BYTES
         + METADATA_BYTES_PER_TABLE * num_tables
-        + METADATA_BYTES_PER_FEATURE * num_features
+        + layout_bytes
         + FLOAT_BYTES * max_chunks  # thresholds
         + COUNTER_BYTES
     )

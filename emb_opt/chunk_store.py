@@ -1,70 +1,65 @@
-"""The VHPI (virtually-hashed, physically-indexed) chunk store behind a FIITED embedding collection.
+"""The VHPI (virtually-hashed, physically-indexed) chunk store behind a FIITED embedding collection: storage.
 
 One store holds every table of a collection. A row (table t, row r) is an int64 row key, and its chunk k the
-chunk key ``row key | k`` (layout in ``cuda_ext/csrc/common/vhpi_key.h``). A row's live chunks are a prefix
-0..k_r-1 (the missing tail reads as zeros), stored as one contiguous run of slots of a dense physical pool;
-a hash table (``hash_buckets``, int32 entry ids, linear probing, bounded probe) maps the row key to the row's
-index entry, which says where the run starts and how long it is:
+chunk key ``row key | k`` (layout in ``cuda_ext.layout``). A row's live chunks are a prefix 0..k_r-1 (the
+missing tail reads as zeros), stored as one contiguous run of slots of a dense physical pool; a hash table
+(``hash_buckets``, int32 entry ids, linear probing, bounded probe) maps the row key to the row's index entry,
+which says where the run starts and how long it is:
 
     pool_weights [S, c] float32   the chunks              entry_keys   [R] int64  row key of each entry (-1 = none)
     pool_state   [S, w] float32   per-chunk opt. state    entry_first  [R] int32  first slot of the row's run
     slot_utility [S]    float32   decayed utility         entry_chunks [R] int8   live chunks k_r (0 = none)
     hash_buckets [H]    int32     H = R / max_load_factor entry_state  [R, v] float32  per-row optimizer state
-    sketch       [2, M] float32   count-min sketch of utilities of chunks that are *not* stored
+    sketch       [2, M] float32   count-min sketch of utilities of rows that are *not* stored (emb_opt.utility_sketch)
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
+    counters     [N]    int64     emb_opt.store_counters
 
 (w = c for Adagrad, else 0; v = 1 for row-wise Adagrad -- its one accumulator per row -- else 0.)
 
-Why rows and not chunks: every stored row is ~21 bytes of key, run and buckets, paid once, where keying every
-chunk paid 16 bytes per chunk (``emb_opt.budget``). Lookup probes once per row and expands the run to the
+A row pays its index (key, run, buckets) once, and a lookup probes once per row and expands its run to the
 ``[U, Cmax]`` slot matrix the chunk-bag kernels take, in one kernel (``lookup_rows``). Nothing is
 O(#virtual rows): a 10^8-row table costs only its live rows.
 
-Allocation is a bump allocator in both arrays (``counters['high_water']`` slots, ``counters['row_high_water']``
-entries used). A row that earns more chunks moves to a new run of the longer length at the high-water mark
-(its chunks, their optimizer state and utilities go with it; its entry stays); the old run stays a hole until
-the next resize, which always compacts: live rows move to the front in key order and the arrays are re-sized
-to the live rows plus the reserve. Pool and index grow on demand (x1.5), always within the budget: allocated bytes -- not just live
-bytes -- stay within the memory budget at all times (``StorePlan.fits``).
+Allocation is a bump allocator in both arrays (``HIGH_WATER`` slots, ``ROW_HIGH_WATER`` entries used). A row
+that earns more chunks moves to a new run of the longer length at the high-water mark (its chunks, their
+optimizer state and utilities go with it; its entry stays); the old run stays a hole until the next resize,
+which always compacts (``apply_resize``): kept rows move to the front in key order and the arrays are re-sized
+to them plus the reserve. Pool and index grow on demand (x1.5), always within the budget: allocated bytes --
+not just live bytes -- stay within the memory budget at all times (``StorePlan.fits``).
 
-Admission (``admit``, training forwards): a touched row whose next chunk position k has sketch estimate
->= thresholds[k] gets chunks while the budget lasts -- before the first resize thresholds are 0, so rows get
-all their chunks on first touch while the budget allows. When room runs short, the rows with the highest
-candidate utility are served first (ties in a pseudo-random order, so no table or feature is favoured); the
-others get no (more) chunks and read as zeros (counted in ``denied_admissions``, warned once) until a resize
-frees room. New chunks get a deterministic pseudo-random init (``emb_opt.hashed_init``: a hash of table name,
-row and column, uniform in +-init_scale of the table, TorchRec's default sqrt(1/rows); a re-admitted chunk
-starts again from the same values), zero optimizer state, and the row's candidate utility.
-Resizing (threshold choice, pruning, decay, compaction) lives in ``emb_opt.resize``; checkpoints of the older
-chunk-keyed layout are converted on load (``emb_opt.store_checkpoints``).
+This class owns every write to its buffers; the policies that decide what to write live beside it:
+``emb_opt.admission`` (which touched rows get chunks), ``emb_opt.resize`` (what a resize keeps) and
+``emb_opt.store_step`` (the training step that runs the kernels on the pool).
 """
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from cuda_ext import ops
-from cuda_ext.reference.vhpi import MAX_CHUNKS, key_row, key_table
-from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
+from cuda_ext.layout import MAX_CHUNKS, key_chunk, key_row, key_table, pack_row_key, row_of_key
 from emb_opt import utility_sketch
+from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
+from emb_opt.store_counters import COUNTER_NAMES, NUM_COUNTERS, StoreCounter
 
-# counters[...] indices (an int64 buffer so that checkpoints carry them)
-(STEP, HIGH_WATER, RESIZES, DENIED, ADMITTED, PRUNED, HASH_REBUILDS, COMPACTIONS, LAST_RESIZE_STEP,
- DENIED_AT_LAST_RESIZE, ROW_HIGH_WATER, RELOCATED_ROWS) = range(12)  # fmt: skip
-COUNTER_NAMES = ["step", "high_water", "resizes", "denied_admissions", "admitted_chunks", "pruned_chunks",
-                 "hash_rebuilds", "compactions", "last_resize_step", "denied_at_last_resize", "row_high_water",
-                 "relocated_rows"]  # fmt: skip
 _GROWTH = 1.5
 
 
 class VhpiChunkStore(nn.Module):
-    """Chunk pool + row index + utility sketch for the tables of one collection."""
+    """Chunk pool + row index + utility sketch for the tables of one collection.
+
+    Args:
+        table_names, table_rows, table_chunks, init_scales: per table: its name (seeds its init), virtual rows,
+            chunks per row (``embedding_dim / chunk_size``) and init range (uniform in +-scale).
+        plan: what the memory budget buys (``emb_opt.budget.plan_store``).
+        config: the FIITED options.
+        device: where the buffers live.
+    """
 
     def __init__(
         self,
@@ -81,18 +76,17 @@ class VhpiChunkStore(nn.Module):
         self.plan = plan
         self.table_names = list(table_names)
         self.max_chunks = max(table_chunks)
-        self._warned_full = False
-        self._refuse_next_load = False  # set by the owning collection when it refuses a checkpoint
+        self.pending_backward = 0  # forwards whose backward will still write through their slot matrix
+        self.warned_full = False  # admission warns once per store when the budget denies chunks
         c = config.chunk_size
-        width = config.optimizer.state_width(c)
         slots, rows = self.initial_capacities()
-        kw = dict(device=device)
+        kw: Dict[str, Any] = dict(device=device)
         self.register_buffer("table_rows", torch.tensor(table_rows, dtype=torch.int64, **kw))
         self.register_buffer("table_chunks", torch.tensor(table_chunks, dtype=torch.int32, **kw))
         self.register_buffer("init_scale", torch.tensor(init_scales, dtype=torch.float32, **kw))
         self.register_buffer("table_salt", torch.tensor([name_salt(n) for n in table_names], dtype=torch.int64, **kw))
         self.register_buffer("pool_weights", torch.zeros(slots, c, **kw))
-        self.register_buffer("pool_state", torch.zeros(slots, width, **kw))
+        self.register_buffer("pool_state", torch.zeros(slots, config.optimizer.state_width(c), **kw))
         self.register_buffer("slot_utility", torch.zeros(slots, **kw))
         self.register_buffer("entry_keys", torch.full((rows,), -1, dtype=torch.int64, **kw))
         self.register_buffer("entry_first", torch.zeros(rows, dtype=torch.int32, **kw))
@@ -101,7 +95,7 @@ class VhpiChunkStore(nn.Module):
         self.register_buffer("hash_buckets", torch.full((num_buckets_for(rows, config),), -1, dtype=torch.int32, **kw))
         self.register_buffer("sketch", torch.zeros(SKETCH_DEPTH, plan.sketch_width, **kw))
         self.register_buffer("thresholds", torch.zeros(self.max_chunks, **kw))
-        self.register_buffer("counters", torch.zeros(len(COUNTER_NAMES), dtype=torch.int64, **kw))
+        self.register_buffer("counters", torch.zeros(NUM_COUNTERS, dtype=torch.int64, **kw))
 
     def initial_capacities(self) -> Tuple[int, int]:
         """(slots, rows) allocated at start: ``initial_capacity`` slots and rows for them whole, within budget."""
@@ -117,7 +111,12 @@ class VhpiChunkStore(nn.Module):
             return super()._apply(fn, recurse)
         return super()._apply(lambda t: t.to(device=probe.device), recurse)
 
-    # ---- sizes ------------------------------------------------------------------------------------
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["pending_backward"] = 0  # a copy (deepcopy, pickle) holds no autograd graph of earlier forwards
+        return state
+
+    # ---- sizes and counters -----------------------------------------------------------------------------
     @property
     def capacity(self) -> int:
         """Allocated chunk slots."""
@@ -131,7 +130,7 @@ class VhpiChunkStore(nn.Module):
     @property
     def num_free(self) -> int:
         """Slots above the high-water mark (holes left by moved rows are reclaimed by the next resize)."""
-        return self.capacity - int(self.counters[HIGH_WATER])
+        return self.capacity - self.counter(StoreCounter.HIGH_WATER)
 
     @property
     def num_live(self) -> int:
@@ -145,13 +144,21 @@ class VhpiChunkStore(nn.Module):
 
     @property
     def step(self) -> int:
-        return int(self.counters[STEP])
+        """Training steps (forwards) so far."""
+        return self.counter(StoreCounter.STEP)
 
     @property
     def optimizer_state(self) -> torch.Tensor:
         """The state the fused optimizer updates: ``entry_state`` (per row) for row-wise Adagrad, else
         ``pool_state`` (per slot)."""
         return self.entry_state if self.config.optimizer.row_state_width else self.pool_state
+
+    def counter(self, which: StoreCounter) -> int:
+        return int(self.counters[which])
+
+    def count(self, which: StoreCounter, amount: int = 1) -> None:
+        """Add ``amount`` to a counter."""
+        self.counters[which] += amount
 
     def counter_dict(self) -> Dict[str, int]:
         return dict(zip(COUNTER_NAMES, self.counters.tolist()))
@@ -173,7 +180,7 @@ class VhpiChunkStore(nn.Module):
     def total_bytes(self) -> int:
         return sum(self.allocated_bytes().values())
 
-    # ---- lookup -----------------------------------------------------------------------------------
+    # ---- lookup -----------------------------------------------------------------------------------------
     def chunks_of(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Chunks per row (C_t of each row's table), int32 [U]."""
         return self.table_chunks[key_table(row_keys)]
@@ -204,16 +211,15 @@ class VhpiChunkStore(nn.Module):
     def live_keys(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(slots, chunk keys) of every live chunk, sorted by key (rows together, chunks in order)."""
         entries, keys, counts = self.live_rows()
-        return _expand_runs(self.entry_first[entries].to(torch.int64), keys, counts)
+        owner, within = run_positions(counts)
+        return self.entry_first[entries].to(torch.int64)[owner] + within, keys[owner] + within
 
     def active_chunks(self, table: int, rows: torch.Tensor) -> torch.Tensor:
         """Live chunk count k_r of the given rows of ``table``."""
-        from cuda_ext.reference.vhpi import pack_row_key
-
         keys = pack_row_key(torch.full_like(rows, table, dtype=torch.int64), rows.to(torch.int64))
         return (self.lookup(keys) >= 0).sum(1)
 
-    # ---- the utility sketch of rows not stored (emb_opt.utility_sketch) ------------------------------------
+    # ---- the utility sketch of rows not stored ------------------------------------------------------------
     def sketch_estimate(self, row_keys: torch.Tensor) -> torch.Tensor:
         return utility_sketch.sketch_estimate(self.sketch, row_keys)
 
@@ -223,21 +229,25 @@ class VhpiChunkStore(nn.Module):
     def sketch_forget(self, row_keys: torch.Tensor, amounts: torch.Tensor) -> None:
         utility_sketch.sketch_forget(self.sketch, row_keys, amounts)
 
-    # ---- allocation ----------------------------------------------------------------------------------
+    # ---- allocation -----------------------------------------------------------------------------------------
+    def used(self) -> Tuple[int, int]:
+        """(slots, entries) below the high-water marks."""
+        return self.counter(StoreCounter.HIGH_WATER), self.counter(StoreCounter.ROW_HIGH_WATER)
+
     def ensure_free(self, slots: int, rows: int = 0) -> Tuple[int, int]:
         """Re-size pool and index so that ``slots`` slots and ``rows`` entries are free above the high-water
         marks, if the budget holds that much (an array that needs more grows x1.5 where there is room; the
         other may give back room it does not use); returns (free slots, free entries)."""
-        used = (int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER]))
+        used = self.used()
         have = (self.capacity, self.row_capacity)
         need = (used[0] + slots, used[1] + rows)
         if (need[0] > have[0] or need[1] > have[1]) and self.plan.fits(*need):
             keep = (max(have[0], need[0]), max(have[1], need[1]))
             roomy = tuple(max(n, math.ceil(h * _GROWTH)) if n > h else h for n, h in zip(need, have))
-            self._reallocate(*(self.plan.fit(keep, roomy) if self.plan.fits(*keep) else self.plan.fit(need, keep)))
+            self.reallocate(*(self.plan.fit(keep, roomy) if self.plan.fits(*keep) else self.plan.fit(need, keep)))
         return self.capacity - used[0], self.row_capacity - used[1]
 
-    def _reallocate(self, slots: int, rows: int) -> None:
+    def reallocate(self, slots: int, rows: int) -> None:
         """Re-size the pool to ``slots`` slots and the index to ``rows`` entries, keeping their contents (never
         below the high-water marks)."""
         def resized(t: torch.Tensor, n: int, fill: int) -> torch.Tensor:
@@ -247,8 +257,8 @@ class VhpiChunkStore(nn.Module):
                 return t[:n].clone()
             return torch.cat([t, t.new_full((n - t.shape[0],) + tuple(t.shape[1:]), fill)])
 
-        slots = max(slots, int(self.counters[HIGH_WATER]))
-        rows = max(rows, int(self.counters[ROW_HIGH_WATER]))
+        used_slots, used_rows = self.used()
+        slots, rows = max(slots, used_slots), max(rows, used_rows)
         self.pool_weights = resized(self.pool_weights, slots, 0)
         self.pool_state = resized(self.pool_state, slots, 0)
         self.slot_utility = resized(self.slot_utility, slots, 0)
@@ -269,19 +279,19 @@ class VhpiChunkStore(nn.Module):
                 f"{self.num_rows / num_buckets:.2f}; raise FiitedConfig.max_probe or lower max_load_factor"
             )
         self.hash_buckets = buckets
-        self.counters[HASH_REBUILDS] += 1
+        self.count(StoreCounter.HASH_REBUILDS)
 
     def _insert(self, entries: torch.Tensor) -> None:
         inserted = ops.vhpi_insert_(self.hash_buckets, self.entry_keys, entries.to(torch.int32), self.config.max_probe)
         if inserted < entries.numel():  # a long probe run: rebuilding places keys afresh
             self.rebuild_hash()
 
-    def _init_chunks(self, keys: torch.Tensor) -> torch.Tensor:
+    def init_chunks(self, keys: torch.Tensor) -> torch.Tensor:
         """Init values ``[n, c]`` of the chunks with these keys: ``emb_opt.hashed_init`` of (table name, row,
         column, ``init_seed``) -- the same whichever chunk size, step, collection or shard."""
         c = self.config.chunk_size
         tables = key_table(keys)
-        columns = (keys & (MAX_CHUNKS - 1)).unsqueeze(1) * c + torch.arange(c, device=keys.device)
+        columns = key_chunk(keys).unsqueeze(1) * c + torch.arange(c, device=keys.device)
         return hashed_values(self.table_salt[tables], key_row(keys), columns, self.init_scale[tables],
                              self.config.init_seed)
 
@@ -292,32 +302,86 @@ class VhpiChunkStore(nn.Module):
         n, total = row_keys.numel(), int(counts.sum())
         if n == 0:
             return
-        first_slot = int(self.counters[HIGH_WATER])
+        first_slot = self.counter(StoreCounter.HIGH_WATER)
         self._add_entries(row_keys, first_slot + torch.cumsum(counts, 0) - counts, counts)
         run = slice(first_slot, first_slot + total)
         self.pool_weights[run] = weights
         self.pool_state[run] = 0
         self.slot_utility[run] = utility
-        self.counters[HIGH_WATER] = first_slot + total
+        self.counters[StoreCounter.HIGH_WATER] = first_slot + total
 
     def _add_entries(self, row_keys: torch.Tensor, first: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Index entries for new rows (runs at ``first``, ``counts`` chunks, zero optimizer state) at the entry
         high-water mark; returns them (int64 [n])."""
-        start = int(self.counters[ROW_HIGH_WATER])
+        start = self.counter(StoreCounter.ROW_HIGH_WATER)
         entries = torch.arange(start, start + row_keys.numel(), device=row_keys.device)
         self.entry_keys[entries] = row_keys
         self.entry_first[entries] = first.to(torch.int32)
         self.entry_chunks[entries] = counts.to(torch.int8)
         self.entry_state[entries] = 0
-        self.counters[ROW_HIGH_WATER] = start + entries.numel()
+        self.counters[StoreCounter.ROW_HIGH_WATER] = start + entries.numel()
         self._insert(entries)
         return entries
 
-    def compact(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
-        """Keep only the chunks ``slots`` (keys ``keys``, sorted, prefix-closed rows): move them to the front in
-        key order, re-size pool and index to them plus the reserve, rebuild the hash table."""
+    def place_rows(self, row_keys: torch.Tensor, old_slots: torch.Tensor, have: torch.Tensor, granted: torch.Tensor,
+                   utility: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Give rows ``row_keys`` [n] (holding ``have`` [n] chunks at ``old_slots`` [n, Cmax]) ``granted`` [n] more
+        chunks each: every row gets a new run of ``have + granted`` slots at the high-water mark; rows that had
+        chunks move there (chunks, state and utilities; the entry stays), new rows get an index entry. New
+        chunks get their init values, zero optimizer state and utility ``utility`` [n] of their row; the caller
+        made room. Returns (the new runs' slots, int32 [n, Cmax] with -1 past each run; the new rows' entries,
+        int64 [number of rows with have == 0], in their order)."""
+        length = have + granted
+        first = self.counter(StoreCounter.HIGH_WATER) + torch.cumsum(length, 0) - length
+        position = torch.arange(self.max_chunks, device=old_slots.device)
+        moving = have > 0
+        if bool(moving.any()):
+            within = position < have[moving].unsqueeze(1)
+            source = old_slots[moving][within].to(torch.int64)
+            target = (first[moving].unsqueeze(1) + position)[within]
+            for pool in (self.pool_weights, self.pool_state, self.slot_utility):
+                pool[target] = pool[source]
+                pool[source] = 0
+            moved = self.find_entries(row_keys[moving])
+            self.entry_first[moved] = first[moving].to(torch.int32)
+            self.entry_chunks[moved] = length[moving].to(torch.int8)
+            self.count(StoreCounter.RELOCATED_ROWS, int(moving.sum()))
+        new = ~moving
+        added = torch.zeros(0, dtype=torch.int64, device=row_keys.device)
+        if bool(new.any()):
+            added = self._add_entries(row_keys[new], first[new], length[new])
+        owner, within = run_positions(granted)
+        chunk = have[owner] + within
+        new_slots = first[owner] + chunk
+        self.pool_weights[new_slots] = self.init_chunks(row_keys[owner] + chunk)
+        self.pool_state[new_slots] = 0
+        self.slot_utility[new_slots] = utility[owner]
+        self.count(StoreCounter.HIGH_WATER, int(length.sum()))
+        self.count(StoreCounter.ADMITTED_CHUNKS, int(granted.sum()))
+        run = first.unsqueeze(1) + position
+        return torch.where(position < length.unsqueeze(1), run, torch.full_like(run, -1)).to(torch.int32), added
+
+    # ---- resize ---------------------------------------------------------------------------------------------
+    def apply_resize(self, slots: torch.Tensor, keys: torch.Tensor, thresholds: torch.Tensor,
+                     pruned_rows: torch.Tensor, pruned_utility: torch.Tensor, num_pruned: int) -> None:
+        """Carry out a resize decided by ``emb_opt.resize``: remember the utility ``pruned_utility`` of the rows
+        ``pruned_rows`` that lose chunks in the sketch, set the admission ``thresholds``, decay every utility by
+        ``utility_decay``, and keep only the chunks ``slots`` (keys ``keys``, sorted, prefix-closed rows),
+        compacted: moved to the front in key order, pool and index re-sized to them plus the reserve."""
+        if num_pruned:
+            self.sketch_add(pruned_rows, pruned_utility)
+        self.thresholds.copy_(thresholds)
+        self.slot_utility.mul_(self.config.utility_decay)
+        self.sketch.mul_(self.config.utility_decay)
+        self.count(StoreCounter.RESIZES)
+        self.count(StoreCounter.PRUNED_CHUNKS, num_pruned)
+        self.counters[StoreCounter.LAST_RESIZE_STEP] = self.counters[StoreCounter.STEP]
+        self.counters[StoreCounter.DENIED_AT_LAST_RESIZE] = self.counters[StoreCounter.DENIED_ADMISSIONS]
+        self._compact(slots, keys)
+
+    def _compact(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
         n = keys.numel()
-        row_keys, counts = torch.unique_consecutive(keys & ~(MAX_CHUNKS - 1), return_counts=True)
+        row_keys, counts = torch.unique_consecutive(row_of_key(keys), return_counts=True)
         r = row_keys.numel()
         row_state = self.entry_state[self.find_entries(row_keys)]  # kept rows are stored: their entries exist
         reserve = self.config.reserve_fraction / (1.0 - self.config.reserve_fraction)
@@ -338,142 +402,33 @@ class VhpiChunkStore(nn.Module):
         self.entry_chunks[:r] = counts.to(torch.int8)
         self.entry_state = torch.zeros(row_capacity, self.entry_state.shape[1], device=dev)
         self.entry_state[:r] = row_state
-        self.counters[HIGH_WATER] = n
-        self.counters[ROW_HIGH_WATER] = r
-        self.counters[COMPACTIONS] += 1
+        self.counters[StoreCounter.HIGH_WATER] = n
+        self.counters[StoreCounter.ROW_HIGH_WATER] = r
+        self.count(StoreCounter.COMPACTIONS)
         self.rebuild_hash()
 
-    # ---- admission ---------------------------------------------------------------------------------
-    def admit(self, row_keys: torch.Tensor, slots: torch.Tensor, allow_moves: bool = True,
-              entries: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Give touched rows the chunks their candidate utility earns (see the module docstring).
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def get_extra_state(self) -> Dict[str, Any]:
+        """What a checkpoint of this store must match to load: its layout version and the settings that shape
+        its buffers."""
+        from emb_opt.store_checkpoint import store_description
 
-        row_keys [U] int64, slots [U, max_chunks] int32 from ``lookup``; returns slots with the new chunks.
-        ``entries`` [U] int32 from ``lookup_rows``, if given, gets the index entries of newly stored rows (in
-        place). ``allow_moves=False`` (a forward whose backward is pending holds slots of this store): only rows
-        without chunks get some; rows that have chunks keep them where they are and grow in a later step.
-        """
-        chunks = self.chunks_of(row_keys).to(torch.int64)
-        live = (slots >= 0).sum(1)
-        wanting = (live < chunks).nonzero().reshape(-1)
-        if wanting.numel() == 0:
-            return slots
-        estimate = self.sketch_estimate(row_keys[wanting])
-        theta = torch.cummax(self.thresholds, 0).values
-        earned = (theta.unsqueeze(0) <= estimate.unsqueeze(1)).sum(1)
-        wanted = (torch.minimum(earned, chunks[wanting]) - live[wanting]).clamp(min=0)
-        if not allow_moves:
-            wanted = torch.where(live[wanting] > 0, torch.zeros_like(wanted), wanted)
-        keep = wanted > 0
-        rows, wanted, estimate = wanting[keep], wanted[keep], estimate[keep]
-        if rows.numel() == 0:
-            return slots
-        have = live[rows]
-        need_slots = int((have + wanted).sum())  # a row that grows moves to a new run of its new length
-        need_rows = int((have == 0).sum())
-        free_slots, free_rows = self.ensure_free(need_slots, need_rows)
-        granted = wanted
-        if free_slots < need_slots or free_rows < need_rows:
-            # not all of it fits: highest candidate utility first, ties in a pseudo-random order
-            order = torch.argsort(ops.mix_hash(row_keys[rows], 1 << 62, self.step))
-            order = order[torch.argsort(estimate[order], descending=True, stable=True)]
-            rows, wanted, estimate, have = rows[order], wanted[order], estimate[order], have[order]
-            granted = self._grant_within_budget(wanted, have)
-            denied = int(wanted.sum() - granted.sum())
-            self.counters[DENIED] += denied
-            if not self._warned_full:
-                self._warned_full = True
-                warnings.warn(
-                    f"FIITED store full ({self.capacity} chunk slots and {self.row_capacity} rows = the memory "
-                    f"budget): {denied} chunk(s) of rows in this batch got no room and read as zeros until a resize "
-                    "frees room. (Warned once; see counters['denied_admissions'].)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        got = granted > 0
-        if not bool(got.any()):
-            return slots
-        rows, granted, estimate, have = rows[got], granted[got], estimate[got], have[got]
-        self._place(row_keys, slots, rows, have, granted, estimate, entries)
-        self.sketch_forget(row_keys[rows], estimate)
-        self.counters[ADMITTED] += int(granted.sum())
-        return slots
+        return store_description(self)
 
-    def _grant_within_budget(self, wanted: torch.Tensor, have: torch.Tensor) -> torch.Tensor:
-        """Chunks granted to rows in priority order (``wanted`` more each, holding ``have``): whole requests
-        while pool and index fit the budget, then what is left to the first row that does not fit whole. A row
-        that grows takes a new run of its new length (its old one stays a hole until the next resize). Pool and
-        index are re-sized to exactly what is granted where the budget needs it."""
-        used_slots, used_rows = int(self.counters[HIGH_WATER]), int(self.counters[ROW_HIGH_WATER])
-        need_slots, need_rows = have + wanted, (have == 0).to(torch.int64)
-        slots, rows = used_slots + torch.cumsum(need_slots, 0), used_rows + torch.cumsum(need_rows, 0)
-        whole = int(self.plan.fits_many(slots, rows, self.plan.available_bytes).sum())  # a prefix: bytes only grow
-        granted = torch.where(torch.arange(wanted.numel(), device=wanted.device) < whole, wanted, torch.zeros_like(wanted))
-        base = (int(slots[whole - 1]), int(rows[whole - 1])) if whole else (used_slots, used_rows)
-        if whole < wanted.numel():
-            h, new_row = int(have[whole]), int(need_rows[whole])
-            g = next((g for g in range(int(wanted[whole]), 0, -1) if self.plan.fits(base[0] + h + g, base[1] + new_row)), 0)
-            granted[whole] = g
-            if g:
-                base = (base[0] + h + g, base[1] + new_row)
-        if base[0] > self.capacity or base[1] > self.row_capacity:
-            grown = (max(base[0], self.capacity), max(base[1], self.row_capacity))
-            self._reallocate(*(grown if self.plan.fits(*grown) else base))
-        return granted
+    def set_extra_state(self, state: Any) -> None:
+        pass  # checked before the load (checkpoint_problems); nothing in it is state
 
-    def _place(self, row_keys: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, have: torch.Tensor,
-               granted: torch.Tensor, estimate: torch.Tensor, entries: Optional[torch.Tensor] = None) -> None:
-        """Give batch rows ``rows`` (holding ``have`` chunks) ``granted`` more: each gets a new run at the
-        high-water mark; rows that had chunks move there (keeping their entry); ``slots`` (and ``entries``, the
-        batch rows' index entries, if given) are updated in place."""
-        length = have + granted
-        first = int(self.counters[HIGH_WATER]) + torch.cumsum(length, 0) - length
-        position = torch.arange(self.max_chunks, device=slots.device)
-        moving = have > 0
-        if bool(moving.any()):
-            within = position < have[moving].unsqueeze(1)
-            source = slots[rows[moving]][within].to(torch.int64)
-            target = (first[moving].unsqueeze(1) + position)[within]
-            for pool in (self.pool_weights, self.pool_state, self.slot_utility):
-                pool[target] = pool[source]
-                pool[source] = 0
-            moved = self.find_entries(row_keys[rows[moving]])
-            self.entry_first[moved] = first[moving].to(torch.int32)
-            self.entry_chunks[moved] = length[moving].to(torch.int8)
-            self.counters[RELOCATED_ROWS] += int(moving.sum())
-        new = ~moving
-        if bool(new.any()):
-            added = self._add_entries(row_keys[rows[new]], first[new], length[new])
-            if entries is not None:
-                entries[rows[new]] = added.to(entries.dtype)
-        owner, within = run_positions(granted)
-        chunk = have[owner] + within
-        new_slots = first[owner] + chunk
-        keys = row_keys[rows[owner]] + chunk
-        self.pool_weights[new_slots] = self._init_chunks(keys)
-        self.pool_state[new_slots] = 0
-        self.slot_utility[new_slots] = estimate[owner]
-        self.counters[HIGH_WATER] += int(length.sum())
-        run = first.unsqueeze(1) + position
-        slots[rows] = torch.where(position < length.unsqueeze(1), run, torch.full_like(run, -1)).to(torch.int32)
-
-    # ---- checkpoints ---------------------------------------------------------------------------------
-    def checkpoint_problems(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> List[str]:
+    def checkpoint_problems(self, state_dict: Dict[str, Any], prefix: str) -> List[str]:
         """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into this store, if they
-        cannot (``emb_opt.store_checkpoints``)."""
-        from emb_opt.store_checkpoints import checkpoint_problems
+        cannot (``emb_opt.store_checkpoint``); empty when they can."""
+        from emb_opt.store_checkpoint import checkpoint_problems
 
         return checkpoint_problems(self, state_dict, prefix)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        from emb_opt.store_checkpoints import convert_chunk_keyed_checkpoint, convert_slot_rowwise_state
-
-        convert_chunk_keyed_checkpoint(state_dict, prefix, self.config)  # the older chunk-keyed layout, in place
-        convert_slot_rowwise_state(state_dict, prefix, self.config)  # row-wise accumulators kept in slots, in place
-        # nothing is changed unless the whole checkpoint fits (a refused load leaves the training state intact)
+        # nothing is changed unless the whole checkpoint is valid (a refused load leaves the training state intact)
         problems = self.checkpoint_problems(state_dict, prefix)
-        refused, self._refuse_next_load = self._refuse_next_load, False
-        if problems or refused:
+        if problems:
             error_msgs.extend(problems)
             return
         # the pool's size changes during training: adopt the checkpoint's sizes before the copy
@@ -482,12 +437,6 @@ class VhpiChunkStore(nn.Module):
             if key in state_dict and buffer is not None and state_dict[key].shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-
-def _expand_runs(first: torch.Tensor, row_keys: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(slots, chunk keys) of rows whose ``counts`` chunks lie at ``first``, ``first + 1``, ... (row by row)."""
-    owner, within = run_positions(counts)
-    return first[owner] + within, row_keys[owner] + within
 
 
 def run_positions(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

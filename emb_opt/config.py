@@ -4,9 +4,7 @@ Every knob the design exposes is here with the reason for its default:
 * ``chunk_size`` c: rows of dimension D are cut into D/c chunks (16 floats = one 64-byte cache line). A chunk
   pays 4 bytes besides its floats (its utility) and a stored row 21 (key, run, buckets) plus its per-row
   optimizer state, so with row-wise Adagrad a whole D = 64 row costs 297 bytes at c = 16, 289 at c = 32 and
-  285 as one chunk (``emb_opt.budget``). On the synthetic Criteo data (five seeds, common random numbers;
-  README), where rows stay whole, c = 32 and c = 16 are within 0.0002 AUC of each other at 5% and 1% of the
-  bytes, and both tie whole-row pruning.
+  285 as one chunk (``emb_opt.budget``). Smaller chunks give finer widths and pay more utility floats.
 * ``optimizer``: fused sparse optimizer on the chunk pool -- "sgd", "adagrad", "rowwise_adagrad" (TorchRec's
   and FBGEMM's default; one accumulator per row, kept at the row's index entry, ``store.entry_state``, as
   EXACT_ROWWISE_ADAGRAD does per row). TorchRec / FBGEMM spellings
@@ -19,8 +17,7 @@ Every knob the design exposes is here with the reason for its default:
   pressure -- admissions were denied since the last resize (the budget is full) -- as soon as
   ``pressure_resize_steps`` steps have passed since the last resize (0 = off). Without it, a store that fills
   in its first steps serves whichever rows came first and reads every other row as zeros until
-  ``warmup_steps``: on the synthetic Criteo data at 1%, 300 steps with the default 1000-step warm-up lost 0.047
-  AUC against a resize schedule.
+  ``warmup_steps``.
 * ``reserve_fraction``: share of the budget a resize leaves free for rows admitted until the next one.
 * ``threshold_mode``: "global" -- one utility threshold for every chunk position (the top chunks by utility
   fill the budget) -- or "per_position" -- utilities are first divided by their chunk position's mean, so each
@@ -39,9 +36,11 @@ Every knob the design exposes is here with the reason for its default:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
+
+from cuda_ext.layout import OPTIMIZER_CODES, UTILITY_CODES
 
 
 class OptimizerType(str, Enum):
@@ -50,8 +49,9 @@ class OptimizerType(str, Enum):
     ROWWISE_ADAGRAD = "rowwise_adagrad"
 
     @property
-    def code(self) -> int:  # the kernels' optimizer code
-        return {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2}[self.value]
+    def code(self) -> int:
+        """The kernels' optimizer code (``cuda_ext.layout``)."""
+        return OPTIMIZER_CODES[self.value]
 
     def state_width(self, chunk_size: int) -> int:
         """Floats of optimizer state per chunk slot (Adagrad: one per weight)."""
@@ -74,7 +74,8 @@ class UtilityRule(str, Enum):
 
     @property
     def code(self) -> int:
-        return {"freq": 0, "grad": 1, "freq_grad": 2}[self.value]
+        """The kernels' utility-rule code (``cuda_ext.layout``)."""
+        return UTILITY_CODES[self.value]
 
 
 _OPTIMIZER_ALIASES = {
@@ -123,8 +124,6 @@ class FiitedConfig:
     max_probe: int = 128
     sketch_fraction: float = 0.05
     initial_capacity: int = 1 << 16  # slots allocated at start (grows x1.5 up to the budget)
-    compaction_threshold: float = 0.5  # unused since every resize compacts (emb_opt.resize); kept so configs load
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.optimizer = parse_optimizer(self.optimizer)
@@ -143,7 +142,6 @@ class FiitedConfig:
             (0 < self.max_load_factor < 1, f"max_load_factor must be in (0, 1), got {self.max_load_factor}"),
             (self.max_probe >= 1, f"max_probe must be >= 1, got {self.max_probe}"),
             (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),
-            (0 < self.compaction_threshold < 1, f"compaction_threshold must be in (0, 1), got {self.compaction_threshold}"),
         ]
         for ok, message in checks:
             if not ok:

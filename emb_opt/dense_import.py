@@ -9,26 +9,24 @@ then never touches are the first a resize prunes. With a budget that holds every
 """
 from __future__ import annotations
 
-from typing import Dict, TYPE_CHECKING
+from typing import Any, Dict, Sequence
 
 import torch
 
-from cuda_ext.reference.vhpi import MAX_CHUNKS, pack_row_key
+from cuda_ext.layout import key_chunk, pack_row_key, row_of_key
+from emb_opt.chunk_store import VhpiChunkStore
 from emb_opt.resize import effective_utility, keep_limit
-
-if TYPE_CHECKING:  # pragma: no cover
-    from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
 
 
 @torch.no_grad()
-def import_dense_weights(collection: "FiitedEmbeddingBagCollection", weights: Dict[str, torch.Tensor]) -> int:
-    """Import ``weights`` (table name -> [num_embeddings, embedding_dim]) into an empty store; returns #chunks."""
-    store = collection.store
+def import_dense_weights(store: VhpiChunkStore, tables: Sequence[Any], weights: Dict[str, torch.Tensor]) -> int:
+    """Import ``weights`` (table name -> [num_embeddings, embedding_dim]) of ``tables`` (the store's
+    ``EmbeddingBagConfig``s, in its table order) into the empty ``store``; returns the number of chunks imported."""
     if store.num_live:
         raise RuntimeError("import_dense_weights needs an empty store (import before training)")
-    c = collection.config.chunk_size
+    c = store.config.chunk_size
     all_keys, all_chunks, all_scores = [], [], []
-    for t, table in enumerate(collection.embedding_bag_configs()):
+    for t, table in enumerate(tables):
         if table.name not in weights:
             raise ValueError(f"no weights given for table {table.name!r}")
         w = weights[table.name].detach().to(torch.float32).cpu()
@@ -46,9 +44,9 @@ def import_dense_weights(collection: "FiitedEmbeddingBagCollection", weights: Di
     chunks = torch.cat(all_chunks)
     score = effective_utility(keys, torch.cat(all_scores), store.max_chunks)  # keys are sorted already
     order = torch.argsort(score, descending=True, stable=True)
-    order = order[: store.plan.affordable((keys[order] & (MAX_CHUNKS - 1)) == 0, keep_limit(store))]
+    order = order[: store.plan.affordable(key_chunk(keys[order]) == 0, keep_limit(store))]
     order = order.sort().values  # back to key order: rows together, chunks in order (prefix-closed by the min)
-    row_keys, counts = torch.unique_consecutive(keys[order] & ~(MAX_CHUNKS - 1), return_counts=True)
+    row_keys, counts = torch.unique_consecutive(row_of_key(keys[order]), return_counts=True)
     free_slots, free_rows = store.ensure_free(order.numel(), row_keys.numel())
     if free_slots < order.numel() or free_rows < row_keys.numel():  # pragma: no cover - the target fits
         raise RuntimeError("import_dense_weights: the store could not allocate the imported rows")

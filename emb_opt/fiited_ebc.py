@@ -20,7 +20,6 @@ get their gradient).
 from __future__ import annotations
 
 import copy
-import weakref
 from typing import Any, Dict, List, Optional, Union
 
 import torch
@@ -28,13 +27,14 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface, get_embedding_names_by_table
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from cuda_ext import ops
+from cuda_ext.layout import MAX_ROWS, MAX_TABLES, POOLING_CODES, key_chunk, key_row, key_table
+from emb_opt import store_step
 from emb_opt.budget import chunk_counts, plan_store, resolve_budget, total_full_bytes
-from emb_opt.chunk_bag_lookup import BatchPlan, ChunkBagLookup, EvalChunkBagLookup, PendingBackward
-from emb_opt.chunk_store import STEP, VhpiChunkStore
+from emb_opt.chunk_store import VhpiChunkStore
 from emb_opt.config import FiitedConfig, merge_config
-from emb_opt.resize import resize_due, resize_store, telemetry_record
-from cuda_ext.reference.vhpi import MAX_CHUNKS, MAX_ROWS, MAX_TABLES, key_row, key_table
+from emb_opt.dense_import import import_dense_weights
+from emb_opt.resize import resize_due, resize_store
+from emb_opt.store_step import BatchPlan, FeatureLayout
 
 
 class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
@@ -80,7 +80,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 raise ValueError(f"table {t.name!r}: pooling must be SUM or MEAN, got {t.pooling.name}")
         poolings = {t.pooling for t in self._tables}
         # one pooling for all: the kernels pool that way; mixed: they sum, and MEAN features are divided after
-        self._pooling_mode = 1 if poolings == {PoolingType.MEAN} else 0
+        self._pooling_mode = POOLING_CODES["mean" if poolings == {PoolingType.MEAN} else "sum"]
         for t in self._tables:
             if not t.feature_names:
                 t.feature_names = [t.name]
@@ -95,10 +95,6 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         chunks = chunk_counts(dims, self.config.chunk_size, names)
         self.full_bytes = total_full_bytes(rows, dims, self.config.optimizer)
         self.budget_bytes = resolve_budget(memory_budget, self.full_bytes)
-        num_features = sum(len(t.feature_names) for t in self._tables)
-        plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config, num_features)
-        scales = [self._init_scale(t) for t in self._tables]
-        self.store = VhpiChunkStore(names, rows, chunks, scales, plan, self.config, self._device)
         # feature layout: EBC order (tables in order, each table's features in order)
         self._feature_names: List[str] = [f for t in self._tables for f in t.feature_names]
         self._embedding_names: List[str] = [n for names_ in get_embedding_names_by_table(self._tables) for n in names_]
@@ -107,16 +103,20 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         cols = [0]
         for d in self._feature_dims[:-1]:
             cols.append(cols[-1] + d)
-        self.register_buffer("_feature_table", torch.tensor(feature_table, dtype=torch.int32, device=self._device), persistent=False)
-        self.register_buffer("_feature_cols", torch.tensor(cols, dtype=torch.int64, device=self._device), persistent=False)
-        # mixed pooling: which features to divide by their bag lengths, and the output columns of each feature
-        self.register_buffer("_mean_features", torch.tensor(mixed_mean, device=self._device), persistent=False)
-        self.register_buffer("_feature_widths", torch.tensor(self._feature_dims, device=self._device), persistent=False)
+        kw: Dict[str, Any] = dict(device=self._device)
+        self.register_buffer("_feature_table", torch.tensor(feature_table, dtype=torch.int32, **kw), persistent=False)
+        self.register_buffer("_feature_cols", torch.tensor(cols, dtype=torch.int64, **kw), persistent=False)
+        if self._divides_means:  # mixed pooling: which features to divide by their bag lengths, and their widths
+            self.register_buffer("_mean_features", torch.tensor(mixed_mean, **kw), persistent=False)
+            self.register_buffer("_feature_widths", torch.tensor(self._feature_dims, **kw), persistent=False)
         # follows .half() / .double() / .to(dtype) of the model (the store stays float32): the output's dtype
-        self.register_buffer("_output_dtype", torch.zeros(0, device=self._device), persistent=False)
+        self.register_buffer("_output_dtype", torch.zeros(0, **kw), persistent=False)
+        layout_bytes = sum(t.numel() * t.element_size() for t in self.buffers())
+        plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config, layout_bytes)
+        scales = [self._init_scale(t) for t in self._tables]
+        self.store = VhpiChunkStore(names, rows, chunks, scales, plan, self.config, self._device)
         self._out_dim = sum(self._feature_dims)
         self._anchor = torch.zeros(0, requires_grad=True, device=self._device)
-        self._pending_backward = 0
         self.telemetry: List[Dict[str, Any]] = []
 
     @staticmethod
@@ -160,74 +160,28 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             )
         return features.permute([index[f] for f in self._feature_names])
 
-    def _raise_bad_id(self, bad: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> None:
-        position, value, feature = bad.tolist()
-        bag = int(torch.searchsorted(offsets, torch.tensor(position), right=True)) - 1
-        table = self._tables[int(self._feature_table[feature])]
-        raise ValueError(
-            f"feature {self._feature_names[feature]!r} (table {table.name!r}): id {value} of sample {bag % batch_size} "
-            f"is out of range [0, {table.num_embeddings})"
-        )
+    def _layout(self) -> FeatureLayout:
+        return FeatureLayout(self._feature_table, self._feature_cols, self._out_dim, self._pooling_mode,
+                             self._feature_names)
 
-    def _raise_length_mismatch(self, offsets: torch.Tensor, total: int, num_values: int, batch_size: int) -> None:
-        if total < num_values:
-            raise ValueError(f"the KeyedJaggedTensor holds {num_values} ids but its lengths add up to {total}: "
-                             f"{num_values - total} id(s) belong to no bag")
-        ends = offsets[batch_size::batch_size]  # end offset of each feature
-        feature = int((ends > num_values).nonzero()[0])
-        raise ValueError(f"feature {self._feature_names[feature]!r}: the KeyedJaggedTensor's lengths add up to "
-                         f"{int(ends[feature])} ids by the end of this feature, but it holds only {num_values}")
-
-    def _plan(self, features: KeyedJaggedTensor) -> BatchPlan:
+    # ---- forward ---------------------------------------------------------------------------------------
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """Pooled embeddings ``[B, sum of the features' dims]`` of ``features`` (see ``emb_opt.store_step``)."""
+        training = self.training and torch.is_grad_enabled()
+        if training and self.store.pending_backward == 0 and resize_due(self.store):
+            self.resize_now()
         if features.variable_stride_per_key():
             raise ValueError("FiitedEmbeddingBagCollection does not take variable batch sizes per feature (VBE)")
         kjt = self._ordered_features(features)
-        values = kjt.values()
-        if values.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"KeyedJaggedTensor ids must be int32 or int64, got {values.dtype}")
-        batch_size = kjt.stride()
-        offsets = kjt.offsets().to(torch.int64)
-        if offsets.numel() != len(self._feature_names) * batch_size + 1:
-            raise ValueError(f"KJT offsets have {offsets.numel()} entries; expected features x batch + 1")
-        total = int(offsets[-1])
-        if total != values.numel():
-            self._raise_length_mismatch(offsets, total, values.numel(), batch_size)
         weights = None
         if self._is_weighted:
             weights = kjt.weights_or_none()
             if weights is None:
                 raise ValueError("this collection is weighted (is_weighted=True) but the KJT carries no weights")
-            weights = weights.to(torch.float32)
-        row_keys, inverse, unique_offsets, unique_occ, occ_bag, bad = ops.chunk_bag_unique(
-            values, offsets, self._feature_table, self.store.table_rows, batch_size
-        )
-        if int(bad[0]) >= 0:
-            self._raise_bad_id(bad, offsets, batch_size)
-        entries, slots = self.store.lookup_rows(row_keys)
-        return BatchPlan(row_keys, inverse, unique_offsets, unique_occ, occ_bag, slots, offsets, weights, batch_size,
-                         entries=entries)
-
-    # ---- forward / backward --------------------------------------------------------------------------
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        training = self.training and torch.is_grad_enabled()
-        if training:
-            self._maybe_resize()
-        plan = self._plan(features)
-        if training:
-            # rows move only when no earlier forward's backward still holds their slots
-            plan.slots = self.store.admit(plan.row_keys, plan.slots, allow_moves=self._pending_backward == 0,
-                                          entries=plan.entries)
-            if self.config.prefix_dropout > 0:
-                self._drop_chunk_suffixes(plan)
-            self.store.counters[STEP] += 1
-            self._hold_until_backward(plan)
-            out = ChunkBagLookup.apply(self._anchor, plan.weights, self, plan)
-        elif plan.weights is not None and plan.weights.requires_grad and torch.is_grad_enabled():
-            self._hold_until_backward(plan)
-            out = EvalChunkBagLookup.apply(plan.weights, self, plan)  # weights get their gradient; nothing trains
-        else:
-            out = self._pool(plan)
-        if getattr(self, "_divides_means", False):  # absent in modules pickled before mixed pooling (none mixed)
+        layout = self._layout()
+        plan = store_step.plan_batch(self.store, layout, kjt.values(), kjt.offsets(), weights, kjt.stride())
+        out = store_step.forward(self.store, layout, plan, training, self._anchor, self.config.prefix_dropout)
+        if self._divides_means:
             out = out * self._mean_scale(plan)
         if out.dtype != self._output_dtype.dtype:
             out = out.to(self._output_dtype.dtype)
@@ -243,80 +197,21 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         factors = torch.where(self._mean_features.unsqueeze(1), inverse, torch.ones_like(inverse))
         return factors.repeat_interleave(self._feature_widths, dim=0, output_size=self._out_dim).t()
 
-    def _drop_chunk_suffixes(self, plan: BatchPlan) -> None:
-        """Nested (Matryoshka-style) chunk dropout: with probability ``prefix_dropout`` a row of the batch uses
-        only a random prefix of its live chunks in this step, so leading chunks learn to carry most of a row's
-        information and rows that keep fewer chunks lose less. Deterministic per (row, step)."""
-        slots = plan.slots
-        live = (slots >= 0).sum(1)
-        step = self.store.step
-        coin = ops.mix_hash(plan.row_keys, 1 << 24, 2 * step + 1).to(torch.float32) / float(1 << 24)
-        keep = 1 + ops.mix_hash(plan.row_keys, 1 << 30, 2 * step + 2) % live.clamp(min=1)
-        dropped = (coin < self.config.prefix_dropout) & (live > 1)
-        cut = dropped.unsqueeze(1) & (torch.arange(slots.shape[1], device=slots.device).unsqueeze(0) >= keep.unsqueeze(1))
-        plan.slots = slots.masked_fill(cut, -1)
-        plan.truncated = dropped
-
-    def _pool(self, plan: BatchPlan) -> torch.Tensor:
-        return ops.chunk_bag_forward(
-            self.store.pool_weights, plan.slots, plan.inverse, plan.offsets, plan.weights, self._feature_table,
-            self.store.table_chunks, self._feature_cols, plan.batch_size, self._out_dim, self._pooling_mode,
-        )
-
-    def _backward_update(self, plan: BatchPlan, grad_out: torch.Tensor, need_weight_grad: bool) -> Optional[torch.Tensor]:
-        store = self.store
-        candidate, weight_grad = ops.chunk_bag_backward_update_(
-            store.pool_weights, store.optimizer_state, store.slot_utility, grad_out, plan.slots, plan.row_keys,
-            plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
-            self._feature_cols, plan.batch_size, self._pooling_mode, self.config.optimizer.code,
-            self.config.learning_rate, self.config.eps, self.config.utility.code, need_weight_grad, plan.entries,
-        )
-        live = (plan.slots >= 0).sum(1)
-        wanting = live < store.chunks_of(plan.row_keys)
-        if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks
-            wanting &= ~plan.truncated
-        store.sketch_add(plan.row_keys[wanting], candidate[wanting])
-        self._release(plan.pending)
-        return weight_grad if need_weight_grad else None
-
-    def _hold_until_backward(self, plan: BatchPlan) -> None:
-        """Count a forward whose backward has not run: resizes wait for it, and rows do not move meanwhile (its
-        backward writes through its slot matrix). Released by that backward, or when autograd frees the graph
-        without one (a skipped backward, a dropped output), so a skipped step does not stop resizing."""
-        plan.pending = PendingBackward()
-        self._pending_backward += 1
-        weakref.finalize(plan, self._release, plan.pending)
-
-    def _release(self, token: Optional[PendingBackward]) -> None:
-        if token is not None and not token.released:
-            token.released = True
-            self._pending_backward -= 1
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_pending_backward"] = 0  # a copy (deepcopy, pickle) holds no autograd graph of these forwards
-        return state
-
     # ---- resizing ----------------------------------------------------------------------------------
-    def _maybe_resize(self) -> None:
-        if self._pending_backward == 0 and resize_due(self.store):
-            self.resize_now()
-
     def resize_now(self) -> Dict[str, Any]:
         """Run a resize step immediately (normally scheduled); returns its telemetry record."""
-        if self._pending_backward:
+        if self.store.pending_backward:
             raise RuntimeError(
-                f"resize_now(): {self._pending_backward} forward(s) of this collection still wait for their backward, "
-                "and a resize moves the slots their backward updates; call it after backward (or drop those outputs)")
+                f"resize_now(): {self.store.pending_backward} forward(s) of this collection still wait for their "
+                "backward, and a resize moves the slots their backward updates; call it after backward (or drop "
+                "those outputs)")
         record = resize_store(self.store)
         self.telemetry.append(record)
         return record
 
     def import_dense_weights(self, weights: Dict[str, torch.Tensor]) -> int:
         """Seed the empty store from dense tables (name -> [rows, dim]); see ``emb_opt.dense_import``."""
-        from emb_opt.dense_import import import_dense_weights
-
-        return import_dense_weights(self, weights)
+        return import_dense_weights(self.store, self._tables, weights)
 
     @torch.no_grad()
     def to_dense_weights(self, table: str) -> torch.Tensor:
@@ -334,10 +229,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         dense = torch.zeros(config.num_embeddings, config.embedding_dim, device=self._device)
         slots, keys = self.store.live_keys()
         mine = key_table(keys) == t
-        rows = key_row(keys[mine])
-        chunk = keys[mine] & (MAX_CHUNKS - 1)
-        cols = (chunk * c).unsqueeze(1) + torch.arange(c, device=self._device)
-        dense[rows.unsqueeze(1), cols] = self.store.pool_weights[slots[mine]]
+        cols = (key_chunk(keys[mine]) * c).unsqueeze(1) + torch.arange(c, device=self._device)
+        dense[key_row(keys[mine]).unsqueeze(1), cols] = self.store.pool_weights[slots[mine]]
         return dense
 
     def set_learning_rate(self, learning_rate: float) -> None:
@@ -345,18 +238,14 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         self.config.learning_rate = float(learning_rate)
 
-    # ---- memory ----------------------------------------------------------------------------------------
+    # ---- memory and checkpoints ----------------------------------------------------------------------------
     def memory_bytes(self) -> int:
-        """Bytes allocated now: the store plus the per-feature layout (never above ``budget_bytes``)."""
-        layout = self._feature_table.numel() * 4 + self._feature_cols.numel() * 8
-        return self.store.total_bytes() + layout
-
-    def snapshot(self) -> Dict[str, Any]:
-        """A telemetry record of the store as it is now."""
-        return telemetry_record(self.store)
+        """Bytes allocated now: every buffer, the store's and the feature layout's (never above ``budget_bytes``)."""
+        return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def get_extra_state(self) -> Dict[str, Any]:
-        """Self-description carried by checkpoints, so ``emb_opt.report`` can read a bare state_dict."""
+        """Self-description carried by checkpoints, so ``emb_opt.report`` can read a bare state_dict (the store's
+        own ``_extra_state`` carries its layout version and settings)."""
         return {
             "kind": self.report_kind,
             "tables": [
@@ -364,36 +253,18 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                  "feature_names": list(t.feature_names)}
                 for t in self._tables
             ],
-            "chunk_size": self.config.chunk_size,
-            "optimizer": self.config.optimizer.value,
             "utility": self.config.utility.value,
-            "budget_bytes": self.budget_bytes,
             "full_bytes": self.full_bytes,
-            "max_slots": self.store.plan.max_slots,
-            "max_rows": self.store.plan.max_rows,
+            "layout_bytes": self.memory_bytes() - self.store.total_bytes(),
             "telemetry": self.telemetry,
         }
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # the checkpoint's self-description names what differs (optimizer, chunk size, budget) before the store's
-        # own shape checks; a mismatch refuses the whole load, so the module keeps its training state
-        if self._pending_backward:
-            error_msgs.append(f"{prefix or 'FIITED collection '}{self._pending_backward} forward(s) still wait for their "
-                              "backward, which would write into the loaded store; load before the forward or after "
-                              "the backward")
-            self.store._refuse_next_load = True
-            return
-        saved = state_dict.get(prefix + "_extra_state")
-        if isinstance(saved, dict) and saved.get("kind") == self.report_kind:
-            mine = {"optimizer": self.config.optimizer.value, "chunk_size": self.config.chunk_size,
-                    "budget_bytes": self.budget_bytes}
-            differ = [f"{k} {saved[k]!r} (this module: {v!r})" for k, v in mine.items() if k in saved and saved[k] != v]
-            if differ:
-                error_msgs.append(f"{prefix or 'FIITED collection '}checkpoint was saved with {', '.join(differ)}; "
-                                  "build the module with the checkpoint's settings to load it")
-                self.store._refuse_next_load = True
-                return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.telemetry = list(state.get("telemetry", []))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # the telemetry goes with the store: a checkpoint the store refuses (it names why when its turn comes)
+        # changes nothing here either
+        if self.store.checkpoint_problems(state_dict, prefix + "store."):
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

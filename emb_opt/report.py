@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import torch
 from torch import nn
 
-from cuda_ext.reference.vhpi import key_table
+from cuda_ext.layout import key_table
 from emb_opt.budget import full_table_bytes
-from emb_opt.config import FiitedConfig, OptimizerType, parse_optimizer
-from emb_opt.store_checkpoints import convert_slot_rowwise_state, is_chunk_keyed, row_keyed_buffers
+from emb_opt.config import OptimizerType, parse_optimizer
+from emb_opt.store_checkpoint import LAYOUT_VERSION
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas
@@ -67,7 +67,7 @@ _CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_state"
              "entry_keys": "index", "entry_first": "index",
              "entry_chunks": "index", "hash_buckets": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
 _DENSE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)embedding_bags\.(?P<table>[^.]+)\.weight$")
-_STORE_KEYS = ("store.entry_keys", "store.slot_keys")  # the row-keyed layout, the older chunk-keyed one
+_STORE_KEY = "store.entry_keys"
 
 
 @dataclass
@@ -131,17 +131,14 @@ def sum_rows(module: str, table: str, kind: str, optimizer: str, parts: Sequence
 
 # ---- FIITED ---------------------------------------------------------------------------------------------
 def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequence[Dict[str, Any]],
-                chunk_size: int, optimizer: OptimizerType, kind: str = "fiited") -> List[Dict[str, Any]]:
+                chunk_size: int, optimizer: OptimizerType, kind: str = "fiited",
+                layout_bytes: int = 0) -> List[Dict[str, Any]]:
     """Rows of one FIITED store from its buffers (``store.named_buffers()`` or a state_dict's ``store.*``).
 
     ``tables``: dicts with ``name``, ``num_embeddings``, ``embedding_dim`` in the store's table order;
-    ``kind``: "fiited", or "rowprune" for the row-pruning baseline (the same store with one chunk per row).
+    ``kind``: "fiited", or "rowprune" for the row-pruning baseline (the same store with one chunk per row);
+    ``layout_bytes``: the collection's own buffers (its feature layout), shared metadata.
     """
-    if is_chunk_keyed(buffers):  # a checkpoint of the older layout: reported as it loads now
-        converted = row_keyed_buffers({k: v.detach().cpu() for k, v in buffers.items()}, FiitedConfig())
-        buffers = {k: v for k, v in buffers.items() if k not in ("slot_keys", "free_stack")} | converted
-    buffers = dict(buffers)  # row-wise accumulators kept in slots, or no entry_state: reported as it loads now
-    convert_slot_rowwise_state(buffers, "", FiitedConfig(chunk_size=chunk_size, optimizer=optimizer))
     entry_keys, entry_chunks = buffers["entry_keys"].detach().cpu(), buffers["entry_chunks"].detach().cpu()
     stored = entry_chunks > 0
     row_keys, row_chunks = entry_keys[stored], entry_chunks[stored].to(torch.int64)
@@ -151,14 +148,14 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
     cat_total: Counter = Counter()
     for name, tensor in buffers.items():
         cat_total[_CATEGORY.get(name, "metadata")] += _nbytes(tensor)
+    cat_total["metadata"] += layout_bytes
     per_slot = {
         "weights": _nbytes(buffers["pool_weights"]) // capacity,
         "optimizer": _nbytes(buffers["pool_state"]) // capacity,
         "utility": _nbytes(buffers["slot_utility"]) // capacity,
     }
     per_row = sum(_nbytes(buffers[n]) for n in ("entry_keys", "entry_first", "entry_chunks")) // row_capacity
-    row_state = buffers.get("entry_state")
-    state_per_row = _nbytes(row_state) // row_capacity if row_state is not None else 0
+    state_per_row = _nbytes(buffers["entry_state"]) // row_capacity
     bucket_bytes = _nbytes(buffers["hash_buckets"])
     rows: List[Dict[str, Any]] = []
     opt = optimizer.value
@@ -190,7 +187,8 @@ def _fiited_from_module(name: str, module: nn.Module) -> CollectionReport:
               for t in module.embedding_bag_configs()]
     config = module.config
     kind = module.report_kind
-    rows = fiited_rows(name, dict(module.store.named_buffers()), tables, config.chunk_size, config.optimizer, kind)
+    rows = fiited_rows(name, dict(module.store.named_buffers()), tables, config.chunk_size, config.optimizer, kind,
+                       module.memory_bytes() - module.store.total_bytes())
     return CollectionReport(name, kind, rows, list(module.telemetry))
 
 
@@ -198,18 +196,15 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
     store_prefix = prefix + "store."
     buffers = {k[len(store_prefix):]: v for k, v in sd.items()
                if k.startswith(store_prefix) and "." not in k[len(store_prefix):] and isinstance(v, torch.Tensor)}
+    store = sd.get(store_prefix + "_extra_state")
+    if not isinstance(store, Mapping) or store.get("layout_version") != LAYOUT_VERSION:
+        found = store.get("layout_version") if isinstance(store, Mapping) else None
+        raise ValueError(f"{store_prefix}_extra_state: the checkpoint's store layout_version is {found!r}; this "
+                         f"version reads layout_version {LAYOUT_VERSION} only")
     extra = sd.get(prefix + "_extra_state")
     extra = extra if isinstance(extra, Mapping) else {}
-    chunk_size = int(extra.get("chunk_size") or buffers["pool_weights"].shape[1])
-    if extra.get("optimizer"):
-        optimizer = parse_optimizer(extra["optimizer"])
-    else:  # older checkpoints: the state's shape tells the optimizer (sgd none, rowwise 1 float per row --
-        # before entry_state: per slot --, adagrad c floats per slot)
-        width = buffers["pool_state"].shape[1]
-        row_state = buffers.get("entry_state")
-        if row_state is not None:  # today's layout: row-wise keeps its float per row, never per slot
-            width = 1 if row_state.shape[1] == 1 else (0 if width == 0 else -1)
-        optimizer = {0: OptimizerType.SGD, 1: OptimizerType.ROWWISE_ADAGRAD}.get(width, OptimizerType.ADAGRAD)
+    chunk_size = int(store["chunk_size"])
+    optimizer = parse_optimizer(store["optimizer"])
     tables = extra.get("tables")
     if not tables:
         rows_, chunks = buffers["table_rows"].tolist(), buffers["table_chunks"].tolist()
@@ -217,7 +212,7 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
                   for i, (r, k) in enumerate(zip(rows_, chunks))]
     name = prefix[:-1] if prefix.endswith(".") else prefix
     kind = str(extra.get("kind") or "fiited")
-    rows = fiited_rows(name, buffers, tables, chunk_size, optimizer, kind)
+    rows = fiited_rows(name, buffers, tables, chunk_size, optimizer, kind, int(extra.get("layout_bytes") or 0))
     return CollectionReport(name, kind, rows, list(extra.get("telemetry") or []))
 
 
@@ -327,7 +322,7 @@ def _dense_weights(sd: Mapping[str, Any], exclude: Sequence[str] = ()) -> Dict[s
 
 
 def _from_state_dict(sd: Mapping[str, Any], optimizer: OptimizerType) -> List[CollectionReport]:
-    fiited = [k[: -len(key)] for k in sd for key in _STORE_KEYS if isinstance(k, str) and k.endswith(key)]
+    fiited = [k[: -len(_STORE_KEY)] for k in sd if isinstance(k, str) and k.endswith(_STORE_KEY)]
     found = [_fiited_from_state_dict(p, sd) for p in fiited]
     for prefix, weights in _dense_weights(sd, fiited).items():
         name = prefix[:-1] if prefix.endswith(".") else prefix
@@ -338,7 +333,7 @@ def _from_state_dict(sd: Mapping[str, Any], optimizer: OptimizerType) -> List[Co
 def unwrap_checkpoint(obj: Any) -> Any:
     """A module, or a state_dict; dicts with a ``model`` / ``state_dict`` / ``model_state_dict`` entry unwrap."""
     while isinstance(obj, Mapping) and not isinstance(obj, nn.Module):
-        if any(isinstance(k, str) and (k.endswith(_STORE_KEYS) or _DENSE_KEY.match(k)) for k in obj):
+        if any(isinstance(k, str) and (k.endswith(_STORE_KEY) or _DENSE_KEY.match(k)) for k in obj):
             return obj
         inner = next((obj[k] for k in CHECKPOINT_KEYS if k in obj), None)
         if inner is None:

@@ -17,12 +17,14 @@ chunks sorted by key (rows together, chunk positions ascending):
    smallest kept ``e``; position k's threshold is ``theta * s_k``. If everything fits, thresholds are 0
    (free room goes to whoever comes). Chunks with utility exactly 0 -- never used since they were stored,
    e.g. imported by ``convert`` and never looked up -- are pruned in any case.
+This module decides; the store carries the decision out (``VhpiChunkStore.apply_resize``):
+
 3. The utility of each row's first pruned chunk goes into the sketch, so the row is re-admitted only when its
    utility rises above the threshold again.
 4. All utilities (slots and sketch) are multiplied by ``utility_decay`` -- the EMA over intervals.
-5. Compaction (``VhpiChunkStore.compact``): kept rows move to the front of the pool in key order, runs closed
-   up (holes left by rows that grew since the last resize are reclaimed), pool and index re-sized to the kept
-   rows plus the reserve, the hash table rebuilt.
+5. Compaction: kept rows move to the front of the pool in key order, runs closed up (holes left by rows that
+   grew since the last resize are reclaimed), pool and index re-sized to the kept rows plus the reserve, the
+   hash table rebuilt.
 Returns a telemetry record (live chunks, bytes, thresholds, per-table histogram of per-row chunk counts).
 """
 from __future__ import annotations
@@ -32,8 +34,9 @@ from typing import Any, Dict
 
 import torch
 
-from cuda_ext.reference.vhpi import CHUNK_BITS, MAX_CHUNKS, key_table
-from emb_opt.chunk_store import DENIED, DENIED_AT_LAST_RESIZE, LAST_RESIZE_STEP, PRUNED, RESIZES, STEP, VhpiChunkStore
+from cuda_ext.layout import key_chunk, key_table, row_of_key
+from emb_opt.chunk_store import VhpiChunkStore
+from emb_opt.store_counters import StoreCounter
 
 
 def resize_due(store: VhpiChunkStore) -> bool:
@@ -46,8 +49,8 @@ def resize_due(store: VhpiChunkStore) -> bool:
     if config.pressure_resize_steps <= 0:
         return False
     counters = store.counters.tolist()
-    return (counters[DENIED] > counters[DENIED_AT_LAST_RESIZE]
-            and step - counters[LAST_RESIZE_STEP] >= config.pressure_resize_steps)
+    return (counters[StoreCounter.DENIED_ADMISSIONS] > counters[StoreCounter.DENIED_AT_LAST_RESIZE]
+            and step - counters[StoreCounter.LAST_RESIZE_STEP] >= config.pressure_resize_steps)
 
 
 def keep_limit(store: VhpiChunkStore) -> float:
@@ -64,7 +67,7 @@ def position_scale(max_chunks: int, exponent: float, device: torch.device) -> to
 
 def effective_utility(keys: torch.Tensor, utility: torch.Tensor, max_chunks: int) -> torch.Tensor:
     """Prefix minimum of utility along each row's chunks; ``keys`` sorted ascending (prefix-closed rows)."""
-    chunk = keys & (MAX_CHUNKS - 1)
+    chunk = key_chunk(keys)
     e = utility.clone()
     for k in range(1, max_chunks):
         idx = (chunk == k).nonzero().reshape(-1)
@@ -75,9 +78,8 @@ def effective_utility(keys: torch.Tensor, utility: torch.Tensor, max_chunks: int
 
 def row_dimension_histogram(store: VhpiChunkStore, keys: torch.Tensor) -> Dict[str, list]:
     """Per table: number of rows holding exactly k chunks, k = 1..C_t (keys sorted)."""
-    rows = keys >> CHUNK_BITS
-    unique_rows, counts = torch.unique_consecutive(rows, return_counts=True)
-    tables = key_table(unique_rows << CHUNK_BITS)
+    unique_rows, counts = torch.unique_consecutive(row_of_key(keys), return_counts=True)
+    tables = key_table(unique_rows)
     out = {}
     for t, name in enumerate(store.table_names):
         chunks = int(store.table_chunks[t])
@@ -105,11 +107,12 @@ def telemetry_record(store: VhpiChunkStore, pruned: int = 0) -> Dict[str, Any]:
 
 
 def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
-    """One resize step (see the module docstring); returns its telemetry record."""
+    """One resize step (see the module docstring): decides what to keep, has the store carry it out, and returns
+    its telemetry record."""
     config = store.config
     slots, keys = store.live_keys()
     utility = store.slot_utility[slots]
-    chunk = keys & (MAX_CHUNKS - 1)
+    chunk = key_chunk(keys)
     scale = position_scale(store.max_chunks, config.position_exponent, utility.device)
     if config.threshold_mode == "per_position" and keys.numel():
         sums = torch.zeros(store.max_chunks, device=utility.device).index_add_(0, chunk, utility)
@@ -130,20 +133,11 @@ def resize_store(store: VhpiChunkStore) -> Dict[str, Any]:
                 keep[idx] &= keep[idx - 1]
     keep &= e > 0  # chunks never used since they were stored (utility exactly 0, e.g. imported ones)
     pruned = ~keep
-    n_pruned = int(pruned.sum())
-    if n_pruned:
-        previous_kept = torch.zeros_like(keep)
-        previous_kept[1:] = keep[:-1]
-        first_pruned = pruned & ((chunk == 0) | previous_kept)
-        row_keys = keys[first_pruned] & ~(MAX_CHUNKS - 1)
-        store.sketch_add(row_keys, utility[first_pruned])
-    store.thresholds.copy_(theta * scale if math.isfinite(theta) else torch.full_like(scale, math.inf))
-    store.slot_utility.mul_(config.utility_decay)
-    store.sketch.mul_(config.utility_decay)
-    store.counters[RESIZES] += 1
-    store.counters[PRUNED] += n_pruned
-    store.counters[LAST_RESIZE_STEP] = store.counters[STEP]
-    store.counters[DENIED_AT_LAST_RESIZE] = store.counters[DENIED]
-    store.compact(slots[keep], keys[keep])
-    return telemetry_record(store, n_pruned)
-
+    previous_kept = torch.zeros_like(keep)
+    previous_kept[1:] = keep[:-1]
+    first_pruned = pruned & ((chunk == 0) | previous_kept)  # each row's first pruned chunk
+    thresholds = theta * scale if math.isfinite(theta) else torch.full_like(scale, math.inf)
+    num_pruned = int(pruned.sum())
+    store.apply_resize(slots[keep], keys[keep], thresholds, row_of_key(keys[first_pruned]), utility[first_pruned],
+                       num_pruned)
+    return telemetry_record(store, num_pruned)

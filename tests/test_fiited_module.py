@@ -280,12 +280,19 @@ def test_bad_input_errors(make, error, match):
 
 
 def test_extra_features_are_ignored_and_order_does_not_matter():
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
     m = emb_opt.FiitedEmbeddingBagCollection(small_tables(), ROOMY, chunk_size=4)
+    m(random_kjt(3)).values().sum().backward()  # admits the batch's rows: they read their init values now
     m.eval()
     base = random_kjt(3)
-    reordered = KeyedJaggedTensor.from_jt_dict({k: base[k] for k in ["f1", "extra", "f0", "f2"]} if False else
-                                               {"f1": base["f1"], "f0": base["f0"], "f2": base["f2"]})
-    torch.testing.assert_close(m(base).values(), m(reordered).values())
+    # a feature no table reads, with ids no table holds: ignored, as EmbeddingBagCollection ignores it
+    unread = JaggedTensor(values=torch.tensor([10**9, 7]), lengths=torch.tensor([1, 0, 1, 0, 0, 0]))
+    reordered = KeyedJaggedTensor.from_jt_dict({"f1": base["f1"], "unread": unread, "f0": base["f0"], "f2": base["f2"]})
+    assert reordered.keys() == ["f1", "unread", "f0", "f2"]
+    out = m(base).values()
+    assert out.abs().sum() > 0
+    torch.testing.assert_close(out, m(reordered).values(), rtol=0, atol=0)
 
 
 def test_bad_construction_errors():
@@ -315,7 +322,9 @@ def test_chunk_init_depends_on_table_name_not_position():
 
 
 def test_growing_rows_move_to_a_new_run_and_the_next_resize_closes_the_holes():
-    from emb_opt.chunk_store import HIGH_WATER, ROW_HIGH_WATER
+    from emb_opt.store_counters import StoreCounter
+
+    HIGH_WATER, ROW_HIGH_WATER = StoreCounter.HIGH_WATER, StoreCounter.ROW_HIGH_WATER
 
     tables = [EmbeddingBagConfig(name="t", embedding_dim=12, num_embeddings=1000, feature_names=["f"])]
     m = emb_opt.FiitedEmbeddingBagCollection(tables, 10**6, chunk_size=4, warmup_steps=10**6, reserve_fraction=0.0)

@@ -7,8 +7,6 @@ import torch
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
 
 import emb_opt
-from emb_opt.chunk_store import COUNTER_NAMES, DENIED, DENIED_AT_LAST_RESIZE, LAST_RESIZE_STEP
-from tests.legacy_layout import to_chunk_keyed
 
 TABLES = [EmbeddingBagConfig(name="t", embedding_dim=8, num_embeddings=10_000, feature_names=["f"])]
 
@@ -53,14 +51,3 @@ def test_the_schedule_still_runs_alongside_pressure():
                                              pressure_resize_steps=2)
     train(m, 12, rows=50)
     assert [r["step"] for r in m.telemetry] == [3, 7, 11]
-
-
-def test_a_checkpoint_from_before_the_pressure_counters_loads_without_fresh_pressure():
-    m = emb_opt.FiitedEmbeddingBagCollection(TABLES, 3000, chunk_size=4, warmup_steps=10**6, pressure_resize_steps=0)
-    train(m, 3)
-    old = to_chunk_keyed(m.state_dict(), counters=LAST_RESIZE_STEP)  # the layout and 8 counters of older versions
-    fresh = emb_opt.FiitedEmbeddingBagCollection(TABLES, 3000, chunk_size=4, warmup_steps=10**6, pressure_resize_steps=2)
-    fresh.load_state_dict(old)
-    counters = fresh.store.counters.tolist()
-    assert len(counters) == len(COUNTER_NAMES) and counters[DENIED_AT_LAST_RESIZE] == counters[DENIED] > 0
-    assert torch.equal(fresh.to_dense_weights("t"), m.to_dense_weights("t"))

@@ -74,13 +74,17 @@ def table_rows(df):
     return df[~df["table"].isin(["(shared)", "TOTAL"])]
 
 
-def test_fiited_rows_add_up_to_the_store_bytes(fiited):
+def test_fiited_rows_add_up_to_the_collection_bytes(fiited):
     df = emb_opt.memory_report(fiited)
     assert list(df["table"]) == ["t0", "t1", "t2", "(shared)", "TOTAL"]
     assert set(df["kind"]) == {"fiited"} and set(df["optimizer"]) == {"rowwise_adagrad"}
     parts, total = df[df["table"] != "TOTAL"], df[df["table"] == "TOTAL"].iloc[0]
-    assert int(parts["total_bytes"].sum()) == fiited.store.total_bytes() == int(total["total_bytes"])
+    # every buffer: the store's and the collection's feature layout (shared metadata)
+    assert int(parts["total_bytes"].sum()) == fiited.memory_bytes() == int(total["total_bytes"])
+    layout = fiited.memory_bytes() - fiited.store.total_bytes()
+    assert layout == 3 * (4 + 8)  # three features: table (int32) and first output column (int64) of each
     for category, nbytes in fiited.store.allocated_bytes().items():
+        nbytes += layout if category == "metadata" else 0
         assert int(parts[f"{category}_bytes"].sum()) == nbytes, category
         assert int(total[f"{category}_bytes"]) == nbytes, category
     assert (df["total_bytes"] == df[BYTE_COLUMNS].sum(axis=1)).all()
@@ -130,12 +134,19 @@ def test_same_report_from_module_state_dict_file_and_dlrm(dlrm, fiited, tmp_path
     pd.testing.assert_frame_equal(emb_opt.memory_report(dlrm), in_model)
     pd.testing.assert_frame_equal(emb_opt.memory_report(loaded), in_model)
     pd.testing.assert_frame_equal(emb_opt.memory_report(loaded["model_state_dict"]), in_model)
-    # a checkpoint from before the extra state described the tables: same bytes, generic names
-    old = {k: v for k, v in fiited.state_dict().items() if not k.endswith("_extra_state")}
-    legacy = emb_opt.memory_report(old)
-    assert list(legacy["table"])[:3] == ["table0", "table1", "table2"]
-    cols = [*BYTE_COLUMNS, "total_bytes", "full_bytes", "live_chunks", "live_rows", "dims_histogram"]
-    pd.testing.assert_frame_equal(legacy[cols], bare[cols])
+    # without the collection's description: generic table names, the same bytes but for the feature layout,
+    # which only the collection knows
+    anonymous = emb_opt.memory_report({k: v for k, v in fiited.state_dict().items() if k != "_extra_state"})
+    assert list(anonymous["table"])[:3] == ["table0", "table1", "table2"]
+    cols = [c for c in BYTE_COLUMNS if c != "metadata_bytes"] + ["full_bytes", "live_chunks", "live_rows", "dims_histogram"]
+    pd.testing.assert_frame_equal(anonymous[cols], bare[cols])
+    layout = fiited.memory_bytes() - fiited.store.total_bytes()
+    for column in ("metadata_bytes", "total_bytes"):
+        assert (bare[column] - anonymous[column]).tolist() == [0, 0, 0, layout, layout], column
+    # a store without a layout version (an unreleased layout) is refused, naming it
+    unversioned = {k: v for k, v in fiited.state_dict().items() if k != "store._extra_state"}
+    with pytest.raises(ValueError, match="store._extra_state: the checkpoint's store layout_version is None"):
+        emb_opt.memory_report(unversioned)
 
 
 def test_dense_fused_and_hashed_collections():
@@ -179,7 +190,7 @@ def test_model_with_several_collections_has_an_overall_total(fiited):
     grand = df[df["module"] == "(all)"].iloc[0]
     for column in ["total_bytes", "full_bytes", "virtual_rows", *BYTE_COLUMNS]:
         assert int(grand[column]) == int(totals[column].sum()), column
-    assert int(totals.iloc[0]["total_bytes"]) == fiited.store.total_bytes()
+    assert int(totals.iloc[0]["total_bytes"]) == fiited.memory_bytes()
 
 
 def is_png(path) -> bool:
