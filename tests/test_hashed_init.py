@@ -7,7 +7,7 @@ from torchrec.optim import RowWiseAdagrad
 
 import emb_opt
 from emb_opt.hashed_init import hashed_dense_init, hashed_uniform, name_salt
-from experiments.methods import hashed_init_dense_tables_
+from experiments.dlrm_methods import hashed_init_dense_tables_
 from tests.fiited_helpers import random_kjt, small_tables
 
 
@@ -55,8 +55,8 @@ def test_readmitted_chunks_start_again_from_their_original_values():
     kjt = random_kjt(1, batch_size=16)
     (ebc(kjt).values().sum() * 0).backward()
     first = ebc.to_dense_weights("t1").clone()
-    slots, keys = ebc.store.live_keys()
-    ebc.store.compact(slots[:0], keys[:0])  # drop every chunk
+    ebc.store.slot_utility.zero_()  # no chunk was ever used: a resize prunes every one of them
+    ebc.resize_now()
     assert ebc.store.num_live == 0
     (ebc(kjt).values().sum() * 0).backward()
     assert torch.equal(ebc.to_dense_weights("t1"), first)
@@ -75,14 +75,15 @@ def test_dense_tables_get_the_same_init_as_a_fiited_store_of_them():
 
 
 def test_every_method_of_the_comparison_starts_from_the_same_embeddings():
-    from experiments.methods import MethodSpec, build_collection
+    from experiments.dlrm_methods import build_collection
 
     tables = small_tables(dim=8)
     kjt = random_kjt(3, batch_size=16)
-    full = build_collection(MethodSpec("full"), tables, 0.1, 4, {}, init_seed=7)
+    options = dict(seed=7, learning_rate=0.1, chunk_size=4, fiited_options={})
+    full = build_collection("full", None, tables, **options)
     params = dict(full.named_parameters())
-    for spec in (MethodSpec("rowprune", 1.0), MethodSpec("fiited", 1.0)):
-        collection = build_collection(spec, tables, 0.1, 4, {}, init_seed=7)
+    for method in ("rowprune", "fiited"):
+        collection = build_collection(method, 1.0, tables, **options)
         collection(kjt)  # a training forward admits the touched rows (as many as the budget holds)
         for t in tables:
             stored = collection.to_dense_weights(t.name)
