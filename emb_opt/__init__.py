@@ -32,8 +32,8 @@ __all__ = [
 # Imported when first asked for: the report (pandas, matplotlib).
 _LAZY_EXPORTS = {
     "memory_report": "emb_opt.report",
-    "plot_memory_report": "emb_opt.report_plots",
-    "plot_telemetry": "emb_opt.report_plots",
+    "plot_memory_report": "emb_opt.report.plots",
+    "plot_telemetry": "emb_opt.report.plots",
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Union
 
-from emb_opt.report import ALL, BYTE_COLUMNS, SHARED, TOTAL, parse_histogram
+from emb_opt.report.rows import ALL, BYTE_COLUMNS, SHARED, TOTAL, parse_histogram
 
 if TYPE_CHECKING:
     import pandas

@@ -1,0 +1,120 @@
+"""Byte accounting of one collection: the report rows of a FIITED store from its buffers, and of a dense or
+hashed collection from its weights (see ``emb_opt.report`` for what each row and column means)."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from cuda_ext.layout import key_table
+from emb_opt.budget import full_table_bytes
+from emb_opt.config import OptimizerType, parse_optimizer
+from emb_opt.report.rows import SHARED, TOTAL, format_histogram, make_row, nbytes, sum_rows
+
+# VhpiChunkStore buffers by ``allocated_bytes`` category; any other buffer of the store counts as metadata
+_CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_state": "optimizer",
+             "entry_keys": "index", "entry_first": "index",
+             "entry_chunks": "index", "hash_buckets": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
+
+def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequence[Dict[str, Any]],
+                chunk_size: int, optimizer: OptimizerType, kind: str = "fiited",
+                layout_bytes: int = 0) -> List[Dict[str, Any]]:
+    """Rows of one FIITED store from its buffers (``store.named_buffers()`` or a state_dict's ``store.*``).
+
+    ``tables``: dicts with ``name``, ``num_embeddings``, ``embedding_dim`` in the store's table order;
+    ``kind``: "fiited", or "rowprune" for the row-pruning baseline (the same store with one chunk per row);
+    ``layout_bytes``: the collection's own buffers (its feature layout), shared metadata.
+    """
+    entry_keys, entry_chunks = buffers["entry_keys"].detach().cpu(), buffers["entry_chunks"].detach().cpu()
+    stored = entry_chunks > 0
+    row_keys, row_chunks = entry_keys[stored], entry_chunks[stored].to(torch.int64)
+    table_of = key_table(row_keys)
+    capacity = max(1, buffers["pool_weights"].shape[0])
+    row_capacity = max(1, entry_keys.numel())
+    cat_total: Counter = Counter()
+    for name, tensor in buffers.items():
+        cat_total[_CATEGORY.get(name, "metadata")] += nbytes(tensor)
+    cat_total["metadata"] += layout_bytes
+    per_slot = {
+        "weights": nbytes(buffers["pool_weights"]) // capacity,
+        "optimizer": nbytes(buffers["pool_state"]) // capacity,
+        "utility": nbytes(buffers["slot_utility"]) // capacity,
+    }
+    per_row = sum(nbytes(buffers[n]) for n in ("entry_keys", "entry_first", "entry_chunks")) // row_capacity
+    state_per_row = nbytes(buffers["entry_state"]) // row_capacity
+    bucket_bytes = nbytes(buffers["hash_buckets"])
+    rows: List[Dict[str, Any]] = []
+    opt = optimizer.value
+    for t, spec in enumerate(tables):
+        per_row_chunks = row_chunks[table_of == t]
+        live, stored_rows = int(per_row_chunks.sum()), int(per_row_chunks.numel())
+        hist = Counter({int(k) * chunk_size: int(n) for k, n in zip(*torch.unique(per_row_chunks, return_counts=True))})
+        virtual, dim = int(spec["num_embeddings"]), int(spec["embedding_dim"])
+        hist[0] = virtual - stored_rows
+        rows.append(make_row(
+            module, str(spec["name"]), kind, opt,
+            virtual_rows=virtual, physical_rows=stored_rows, embedding_dim=dim, chunk_size=chunk_size,
+            live_rows=stored_rows, live_chunks=live, mean_dim=live * chunk_size / stored_rows if stored_rows else 0.0,
+            weights_bytes=live * per_slot["weights"],
+            optimizer_bytes=live * per_slot["optimizer"] + stored_rows * state_per_row,
+            index_bytes=stored_rows * per_row + stored_rows * bucket_bytes // row_capacity,
+            utility_bytes=live * per_slot["utility"], metadata_bytes=0,
+            full_bytes=full_table_bytes(virtual, dim, optimizer), dims_histogram=format_histogram(hist),
+        ))  # fmt: skip
+    used = {c: sum(r[f"{c}_bytes"] for r in rows) for c in ("weights", "optimizer", "index", "utility", "metadata")}
+    rows.append(make_row(module, SHARED, kind, opt, live_chunks=0,
+                     **{f"{c}_bytes": cat_total[c] - used[c] for c in used}))
+    rows.append(sum_rows(module, TOTAL, kind, opt, rows))
+    return rows
+
+
+def dense_rows(module: str, kind: str, weights: Mapping[str, Any], optimizer: OptimizerType,
+               state_bytes: Optional[Mapping[str, int]] = None, optimizer_name: Optional[str] = None,
+               virtual_rows: Optional[Mapping[str, int]] = None) -> List[Dict[str, Any]]:
+    """Rows of a dense (or hashed) collection: ``weights`` = table -> its ``[rows, dim]`` weight tensor.
+
+    ``state_bytes``: the real optimizer state bytes per table (fused collections), else from ``optimizer``.
+    ``virtual_rows``: hashed tables' raw id range (the rows a full table would have).
+    """
+    rows: List[Dict[str, Any]] = []
+    label = optimizer_name or optimizer.value
+    for table, w in weights.items():
+        physical, dim = int(w.shape[0]), int(w.shape[1])
+        element = nbytes(w) // max(1, int(w.numel()))
+        state = (state_bytes or {}).get(table)
+        state = physical * optimizer.dense_state_bytes_per_row(dim) if state is None else int(state)
+        virtual = int((virtual_rows or {}).get(table, physical))
+        state_per_row = state / physical if physical else optimizer.dense_state_bytes_per_row(dim)
+        rows.append(make_row(
+            module, table, kind, label, virtual_rows=virtual, physical_rows=physical, embedding_dim=dim,
+            chunk_size=dim, live_rows=virtual, live_chunks=physical, mean_dim=float(dim),
+            weights_bytes=nbytes(w), optimizer_bytes=state,
+            full_bytes=int(virtual * (element * dim + state_per_row)),
+            dims_histogram=format_histogram({dim: virtual}),
+        ))  # fmt: skip
+    rows.append(make_row(module, SHARED, kind, label, live_chunks=0))
+    rows.append(sum_rows(module, TOTAL, kind, label, rows))
+    return rows
+
+
+def fused_optimizer_state(module: nn.Module, fallback: OptimizerType) -> Tuple[OptimizerType, str, Dict[str, int]]:
+    """A fused collection's optimizer (type, label) and its real state bytes per table."""
+    kind = getattr(module, "_optimizer_type", None)
+    label = getattr(kind, "__name__", None) or fallback.value
+    try:
+        optimizer = parse_optimizer(kind)
+    except ValueError:
+        optimizer = fallback
+    state: Counter = Counter()
+    try:
+        for values in module.fused_optimizer().state.values():
+            for key, tensor in values.items():
+                if isinstance(tensor, torch.Tensor):
+                    state[str(key).split(".")[0]] += nbytes(tensor)
+    except (AttributeError, RuntimeError):
+        return optimizer, label, {}
+    if not state and optimizer is not OptimizerType.SGD:
+        return optimizer, label, {}
+    return optimizer, label, {t.name: state.get(t.name, 0) for t in module.embedding_bag_configs()}

@@ -1,0 +1,159 @@
+"""``memory_report``: find the embedding collections of a module, a state_dict or a checkpoint dict, and report
+each (``emb_opt.report.accounting``)."""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from emb_opt.config import OptimizerType, parse_optimizer
+from emb_opt.report.accounting import dense_rows, fiited_rows, fused_optimizer_state
+from emb_opt.report.rows import CollectionReport, report_frame
+from emb_opt.store_checkpoint import LAYOUT_VERSION
+
+if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
+    import pandas
+
+CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
+_DENSE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)embedding_bags\.(?P<table>[^.]+)\.weight$")
+_STORE_KEY = "store.entry_keys"
+
+
+
+def _fiited_from_module(name: str, module: nn.Module) -> CollectionReport:
+    tables = [{"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim}
+              for t in module.embedding_bag_configs()]
+    config = module.config
+    kind = module.report_kind
+    rows = fiited_rows(name, dict(module.store.named_buffers()), tables, config.chunk_size, config.optimizer, kind,
+                       module.memory_bytes() - module.store.total_bytes())
+    return CollectionReport(name, kind, rows, list(module.telemetry))
+
+
+def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionReport:
+    store_prefix = prefix + "store."
+    buffers = {k[len(store_prefix):]: v for k, v in sd.items()
+               if k.startswith(store_prefix) and "." not in k[len(store_prefix):] and isinstance(v, torch.Tensor)}
+    store = sd.get(store_prefix + "_extra_state")
+    if not isinstance(store, Mapping) or store.get("layout_version") != LAYOUT_VERSION:
+        found = store.get("layout_version") if isinstance(store, Mapping) else None
+        raise ValueError(f"{store_prefix}_extra_state: the checkpoint's store layout_version is {found!r}; this "
+                         f"version reads layout_version {LAYOUT_VERSION} only")
+    extra = sd.get(prefix + "_extra_state")
+    extra = extra if isinstance(extra, Mapping) else {}
+    chunk_size = int(store["chunk_size"])
+    optimizer = parse_optimizer(store["optimizer"])
+    tables = extra.get("tables")
+    if not tables:
+        rows_, chunks = buffers["table_rows"].tolist(), buffers["table_chunks"].tolist()
+        tables = [{"name": f"table{i}", "num_embeddings": r, "embedding_dim": k * chunk_size}
+                  for i, (r, k) in enumerate(zip(rows_, chunks))]
+    name = prefix[:-1] if prefix.endswith(".") else prefix
+    kind = str(extra.get("kind") or "fiited")
+    rows = fiited_rows(name, buffers, tables, chunk_size, optimizer, kind, int(extra.get("layout_bytes") or 0))
+    return CollectionReport(name, kind, rows, list(extra.get("telemetry") or []))
+
+
+def _collection_kind(module: nn.Module) -> Optional[str]:
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+
+    from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+
+    if isinstance(module, FiitedEmbeddingBagCollection):
+        return "fiited"
+    try:
+        from hashing.hashed_ebc import HashedEmbeddingBagCollection
+    except ImportError:  # the hashing package is optional for the report
+        HashedEmbeddingBagCollection = ()  # type: ignore[assignment,misc]
+    if isinstance(module, HashedEmbeddingBagCollection):
+        return "hashed"
+    if isinstance(module, FusedEmbeddingBagCollection):
+        return "fused"
+    if isinstance(module, EmbeddingBagCollection):
+        return "dense"
+    return None
+
+
+def _from_module(root: nn.Module, optimizer: OptimizerType) -> List[CollectionReport]:
+    found: List[CollectionReport] = []
+    inside: List[str] = []
+    for name, module in root.named_modules():
+        if any(p == "" or name.startswith(p + ".") for p in inside):
+            continue  # do not descend into a found collection (a hashed one holds an EBC)
+        kind = _collection_kind(module)
+        ebc = module.collection if kind == "hashed" else module
+        inner = _collection_kind(ebc) if kind == "hashed" else kind
+        if kind is None or inner not in ("fiited", "dense", "fused") or (kind == "hashed" and inner == "fiited"):
+            continue  # not a collection, or hashing in front of a FIITED one: that one is found on its own
+        inside.append(name)
+        if kind == "fiited":
+            found.append(_fiited_from_module(name, module))
+            continue
+        weights = _dense_weights(ebc.state_dict()).get("", {})
+        virtual = {t.name: t.num_embeddings for t in module.virtual_configs} if kind == "hashed" else None
+        opt, label, state = (fused_optimizer_state(ebc, optimizer) if inner == "fused" else (optimizer, None, None))
+        row_kind = "hashed" if kind == "hashed" else "dense"
+        found.append(CollectionReport(name, row_kind, dense_rows(name, row_kind, weights, opt, state, label, virtual)))
+    return found
+
+
+def _dense_weights(sd: Mapping[str, Any], exclude: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+    """prefix -> {table: weight} of every ``<prefix>embedding_bags.<table>.weight`` in a state_dict."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for key, value in sd.items():
+        match = _DENSE_KEY.match(key) if isinstance(key, str) else None
+        if match and hasattr(value, "shape") and len(value.shape) == 2 and match["prefix"] not in exclude:
+            out.setdefault(match["prefix"], {})[match["table"]] = value
+    return out
+
+
+def _from_state_dict(sd: Mapping[str, Any], optimizer: OptimizerType) -> List[CollectionReport]:
+    fiited = [k[: -len(_STORE_KEY)] for k in sd if isinstance(k, str) and k.endswith(_STORE_KEY)]
+    found = [_fiited_from_state_dict(p, sd) for p in fiited]
+    for prefix, weights in _dense_weights(sd, fiited).items():
+        name = prefix[:-1] if prefix.endswith(".") else prefix
+        found.append(CollectionReport(name, "dense", dense_rows(name, "dense", weights, optimizer)))
+    return found
+
+
+def unwrap_checkpoint(obj: Any) -> Any:
+    """A module, or a state_dict; dicts with a ``model`` / ``state_dict`` / ``model_state_dict`` entry unwrap."""
+    while isinstance(obj, Mapping) and not isinstance(obj, nn.Module):
+        if any(isinstance(k, str) and (k.endswith(_STORE_KEY) or _DENSE_KEY.match(k)) for k in obj):
+            return obj
+        inner = next((obj[k] for k in CHECKPOINT_KEYS if k in obj), None)
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
+
+
+def collect(obj: Any, optimizer: Any = "rowwise_adagrad") -> List[CollectionReport]:
+    """Every embedding collection of ``obj`` (module, state_dict or checkpoint dict) with its rows."""
+    opt = parse_optimizer(optimizer)
+    obj = unwrap_checkpoint(obj)
+    if isinstance(obj, nn.Module):
+        found = _from_module(obj, opt)
+    elif isinstance(obj, Mapping):
+        found = _from_state_dict(obj, opt)
+    else:
+        raise TypeError(f"memory_report takes a module or a state_dict, got {type(obj).__name__}")
+    if not found:
+        raise ValueError(
+            f"no embedding collections found in this {type(obj).__name__}: expected a FiitedEmbeddingBagCollection, "
+            "a TorchRec (Fused)EmbeddingBagCollection, a HashedEmbeddingBagCollection, a module containing one, or "
+            "a state_dict with '<prefix>.store.entry_keys' or '<prefix>.embedding_bags.<table>.weight' keys"
+        )
+    return found
+
+
+def memory_report(obj: Any, optimizer: Any = "rowwise_adagrad") -> "pandas.DataFrame":
+    """Per-table memory of every embedding collection in ``obj`` (see the module docstring).
+
+    ``optimizer`` ("rowwise_adagrad", "adagrad", "sgd") sets the optimizer state of dense and hashed tables
+    whose optimizer the report cannot read (FIITED collections and fused EBCs report their own).
+    """
+    return report_frame(collect(obj, optimizer))
