@@ -41,7 +41,7 @@ from experiments.cuda_build import build_native_ops  # noqa: E402  (first: keeps
 
 import torch  # noqa: E402
 
-from cuda_ext.reference.vhpi import pack_row_key  # noqa: E402
+from cuda_ext.layout import pack_row_key  # noqa: E402
 
 ROWWISE_ADAGRAD, UTILITY_FREQ_GRAD, LR, EPS, MAX_PROBE, LOAD = 2, 2, 0.01, 1e-8, 128, 0.5
 ROTATE = 4  # distinct batches cycled through by the timed runs

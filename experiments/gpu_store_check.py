@@ -3,10 +3,10 @@ choice, pruning, decay, compaction, hash rebuilds) -- against the same loop on t
 
     python experiments/gpu_store_check.py [--steps 60] [--batch 1024] [--budget-mib 3] [--device cpu]
 
-The GPU machines have no TorchRec, so this drives the store the way ``FiitedEmbeddingBagCollection`` does in
-each training step (``train_step`` below: resize when due -> unique -> probe -> admit -> pooled forward ->
-fused backward update -> sketch of the missing chunks' utility) on raw ids and offsets; a CPU test
-(``tests/test_gpu_scripts.py``) holds ``train_step`` to the real module, so what runs here is what users run.
+The GPU machines have no TorchRec, so this runs the training step ``FiitedEmbeddingBagCollection`` runs --
+``emb_opt.store_step`` (plan -> admit -> pooled forward -> fused backward update -> sketch), after a resize
+when one is due -- on raw ids and offsets; a CPU test (``tests/test_gpu_scripts.py``) holds ``train_step`` to
+the real module.
 Four features on three tables (64 / 128 / 32 dims, 10^3 / 2*10^5 / 10^7 virtual rows, one table shared by two
 features), skewed ids, a budget small enough that admission is denied and every resize prunes. After every
 resize and at the end the two stores must hold the same live chunks (same keys) with the same weights,
@@ -48,18 +48,23 @@ def make_store(config, budget_bytes: int, device: torch.device):
 
     chunks = chunk_counts(DIMS, CHUNK, NAMES)
     full = total_full_bytes(ROWS, DIMS, config.optimizer)
-    plan = plan_store(budget_bytes, full, len(NAMES), max(chunks), config, len(FEATURE_TABLE))
+    layout_bytes = len(FEATURE_TABLE) * (4 + 8)  # the collection's feature -> table and first-column buffers
+    plan = plan_store(budget_bytes, full, len(NAMES), max(chunks), config, layout_bytes)
     scales = [(1.0 / r) ** 0.5 for r in ROWS]
     return VhpiChunkStore(NAMES, ROWS, chunks, scales, plan, config, device)
 
 
-def feature_layout(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def feature_layout(device: torch.device):
+    """The ``FeatureLayout`` of the four features (sum pooling)."""
+    from emb_opt.store_step import FeatureLayout
+
     dims = [DIMS[t] for t in FEATURE_TABLE]
     cols = [0]
     for d in dims[:-1]:
         cols.append(cols[-1] + d)
-    return (torch.tensor(FEATURE_TABLE, dtype=torch.int32, device=device),
-            torch.tensor(cols, dtype=torch.int64, device=device), sum(dims))
+    return FeatureLayout(torch.tensor(FEATURE_TABLE, dtype=torch.int32, device=device),
+                         torch.tensor(cols, dtype=torch.int64, device=device), sum(dims), 0,
+                         [f"f{i}" for i in range(len(FEATURE_TABLE))])
 
 
 def make_batches(steps: int, batch: int, seed: int = 0) -> List[Dict[str, torch.Tensor]]:
@@ -79,40 +84,23 @@ def make_batches(steps: int, batch: int, seed: int = 0) -> List[Dict[str, torch.
     return batches
 
 
-def train_step(store, batch: Dict[str, torch.Tensor], feature_table: torch.Tensor, feature_cols: torch.Tensor,
-               out_dim: int, batch_size: int) -> Optional[Dict]:
+def train_step(store, batch: Dict[str, torch.Tensor], layout, batch_size: int) -> Optional[Dict]:
     """One training step of FiitedEmbeddingBagCollection (sum pooling, unweighted), on the store's device.
     Returns the resize's telemetry record when one ran at the start of the step."""
-    from cuda_ext import ops
-    from emb_opt.chunk_store import STEP
+    from emb_opt import store_step
     from emb_opt.resize import resize_due, resize_store
 
-    config, dev = store.config, store.pool_weights.device
-    record = None
-    if resize_due(store):
-        record = resize_store(store)
-    values, offsets = batch["values"].to(dev), batch["offsets"].to(dev)
-    row_keys, inverse, unique_offsets, unique_occ, occ_bag, bad = ops.chunk_bag_unique(
-        values, offsets, feature_table, store.table_rows, batch_size)
-    if int(bad[0]) >= 0:
-        raise ValueError(f"bad id in the check's own batch: {bad.tolist()}")
-    entries, slots = store.lookup_rows(row_keys)
-    slots = store.admit(row_keys, slots, entries=entries)
-    store.counters[STEP] += 1
-    ops.chunk_bag_forward(store.pool_weights, slots, inverse, offsets, None, feature_table, store.table_chunks,
-                          feature_cols, batch_size, out_dim, 0)
-    candidate, _ = ops.chunk_bag_backward_update_(
-        store.pool_weights, store.optimizer_state, store.slot_utility, batch["grad"].to(dev), slots, row_keys,
-        unique_offsets, unique_occ, occ_bag, offsets, None, store.table_chunks, feature_cols, batch_size, 0,
-        config.optimizer.code, config.learning_rate, config.eps, config.utility.code, False, entries)
-    wanting = (slots >= 0).sum(1) < store.chunks_of(row_keys)
-    store.sketch_add(row_keys[wanting], candidate[wanting])
+    dev = store.pool_weights.device
+    record = resize_store(store) if store.pending_backward == 0 and resize_due(store) else None
+    plan = store_step.plan_batch(store, layout, batch["values"].to(dev), batch["offsets"].to(dev), None, batch_size)
+    anchor = torch.zeros(0, requires_grad=True, device=dev)
+    store_step.forward(store, layout, plan, True, anchor).backward(batch["grad"].to(dev))
     return record
 
 
 def dense_view(store) -> Dict[str, torch.Tensor]:
     """Everything a store's behaviour depends on, independent of slot placement and hash layout."""
-    from emb_opt.chunk_store import COUNTER_NAMES
+    from emb_opt.store_counters import COUNTER_NAMES
 
     slots, keys = store.live_keys()
     counters = dict(zip(COUNTER_NAMES, store.counters.cpu().tolist()))
@@ -164,7 +152,7 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
         for name, store in stores.items():
             synchronize(device)
             start = time.perf_counter()
-            records[name] = train_step(store, batch, *layouts[name], args.batch)
+            records[name] = train_step(store, batch, layouts[name], args.batch)
             synchronize(device)
             times[f"{name} step"].append(time.perf_counter() - start)
         if records["ref"] is not None:

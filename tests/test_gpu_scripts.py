@@ -66,7 +66,7 @@ def test_store_check_drives_the_store_like_the_module():
     layout = check.feature_layout(cpu)
     resizes = 0
     for b in check.make_batches(steps, batch, seed=3):
-        resizes += check.train_step(store, b, *layout, batch) is not None
+        resizes += check.train_step(store, b, layout, batch) is not None
         kjt = KeyedJaggedTensor(keys=features, values=b["values"], lengths=b["lengths"].reshape(-1))
         module(kjt).values().backward(b["grad"])
     assert resizes >= 2 and len(module.telemetry) == resizes
