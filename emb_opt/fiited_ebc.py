@@ -167,9 +167,6 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """Pooled embeddings ``[B, sum of the features' dims]`` of ``features`` (see ``emb_opt.store_step``)."""
-        training = self.training and torch.is_grad_enabled()
-        if training and self.store.pending_backward == 0 and resize_due(self.store):
-            self.resize_now()
         if features.variable_stride_per_key():
             raise ValueError("FiitedEmbeddingBagCollection does not take variable batch sizes per feature (VBE)")
         kjt = self._ordered_features(features)
@@ -178,14 +175,25 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             weights = kjt.weights_or_none()
             if weights is None:
                 raise ValueError("this collection is weighted (is_weighted=True) but the KJT carries no weights")
+        out = self._pooled(kjt.values(), kjt.offsets(), weights, kjt.stride())
+        return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=out)
+
+    @torch.compiler.disable
+    def _pooled(self, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
+                batch_size: int) -> torch.Tensor:
+        """The store's step on the ordered batch. Data-dependent (admission, resizes, sizes that depend on the ids):
+        ``torch.compile`` runs it eagerly between the graphs it compiles around it."""
+        training = self.training and torch.is_grad_enabled()
+        if training and self.store.pending_backward == 0 and resize_due(self.store):
+            self.resize_now()
         layout = self._layout()
-        plan = store_step.plan_batch(self.store, layout, kjt.values(), kjt.offsets(), weights, kjt.stride())
+        plan = store_step.plan_batch(self.store, layout, values, offsets, weights, batch_size)
         out = store_step.forward(self.store, layout, plan, training, self._anchor, self.config.prefix_dropout)
         if self._divides_means:
             out = out * self._mean_scale(plan)
         if out.dtype != self._output_dtype.dtype:
             out = out.to(self._output_dtype.dtype)
-        return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=out)
+        return out
 
     def _mean_scale(self, plan: BatchPlan) -> torch.Tensor:
         """[B, out_dim] factors that turn the summed bags of MEAN-pooled features into means (1 / bag length,

@@ -414,3 +414,30 @@ def test_chunks_that_get_no_gradient_are_pruned_and_their_bytes_store_more_rows(
     assert last["rows_by_chunks"]["t"][1:] == [0, 0, 0] and last["live_rows"] == last["live_chunks"]
     assert last["live_rows"] > 1.8 * baseline["live_rows"]
     assert fiited.memory_bytes() <= fiited.budget_bytes and rowprune.memory_bytes() <= rowprune.budget_bytes
+
+
+def test_torch_compile_of_a_dlrm_with_fiited_equals_eager():
+    # the collection's data-dependent step runs eagerly between the compiled graphs around it (torch.compile's
+    # graph break); the compiled model trains exactly as the eager one: outputs, dense gradients, trained tables
+    tables = small_tables(dim=8)
+
+    def model() -> DLRM:
+        torch.manual_seed(0)
+        ebc = emb_opt.FiitedEmbeddingBagCollection(tables, 0.5, chunk_size=4, warmup_steps=1, resize_interval=1)
+        return DLRM(embedding_bag_collection=ebc, dense_in_features=3, dense_arch_layer_sizes=[8],
+                    over_arch_layer_sizes=[4, 1])
+
+    eager, compiled = model(), model()
+    run = torch.compile(compiled)
+    for step in range(3):
+        dense = torch.randn(6, 3, generator=torch.Generator().manual_seed(step))
+        a, b = eager(dense, random_kjt(step)), run(dense, random_kjt(step))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        a.sum().backward()
+        b.sum().backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+    fiited = [m.sparse_arch.embedding_bag_collection for m in (eager, compiled)]
+    assert len(fiited[0].telemetry) == len(fiited[1].telemetry) == 2
+    for t in ("t0", "t1"):
+        torch.testing.assert_close(fiited[0].to_dense_weights(t), fiited[1].to_dense_weights(t), rtol=0, atol=0)
