@@ -3,8 +3,10 @@
 * ``FiitedEmbeddingBagCollection`` -- per-row, per-chunk embedding dimensions decided during training
   (FIITED) on a virtually-hashed, physically-indexed chunk store, within a memory budget;
 * ``convert(model, memory_budget=...)`` -- swap every ``EmbeddingBagCollection`` of a model for one;
-* ``memory_report(module)`` / ``plot_memory_report(df, path)`` -- where the embedding memory goes.
+* ``memory_report(module)`` / ``plot_memory_report(df, path)`` -- where the embedding memory goes;
+* ``save_checkpoint(obj, path)`` / ``load_checkpoint(path)`` -- atomic writes, reads that run no code.
 """
+from emb_opt.checkpoint_files import load_checkpoint, save_checkpoint
 from emb_opt.config import FiitedConfig, OptimizerType, UtilityRule
 
 try:  # the TorchRec modules; without TorchRec (the GPU machines) the store, resize and kernels still import
@@ -27,6 +29,8 @@ __all__ = [
     "memory_report",
     "plot_memory_report",
     "plot_telemetry",
+    "save_checkpoint",
+    "load_checkpoint",
 ]
 
 # Imported when first asked for: the report (pandas, matplotlib).

@@ -186,6 +186,8 @@ def chunk_counts(dims: List[int], chunk_size: int, names: List[str]) -> List[int
     """Chunks per row of each table; D % c must be 0 (clear error naming the table otherwise)."""
     out = []
     for name, d in zip(names, dims):
+        if d < 1:
+            raise ValueError(f"table {name!r}: embedding_dim must be >= 1, got {d}")
         if d % chunk_size != 0:
             raise ValueError(f"table {name!r}: embedding_dim {d} is not divisible by chunk_size {chunk_size}")
         if d >= MAX_COLUMNS:

@@ -34,13 +34,13 @@ This class owns every write to its buffers; the policies that decide what to wri
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from cuda_ext import ops
-from cuda_ext.layout import MAX_CHUNKS, key_chunk, key_row, key_table, pack_row_key, row_of_key
+from cuda_ext.layout import key_chunk, key_row, key_table, pack_row_key, row_of_key
 from emb_opt import utility_sketch
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
@@ -78,6 +78,7 @@ class VhpiChunkStore(nn.Module):
         self.max_chunks = max(table_chunks)
         self.pending_backward = 0  # forwards whose backward will still write through their slot matrix
         self.warned_full = False  # admission warns once per store when the budget denies chunks
+        self.warned_nonfinite = False  # a skipped non-finite step is warned about once per store
         c = config.chunk_size
         slots, rows = self.initial_capacities()
         kw: Dict[str, Any] = dict(device=device)
@@ -380,6 +381,7 @@ class VhpiChunkStore(nn.Module):
         self._compact(slots, keys)
 
     def _compact(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
+        """Every resize compacts (``resizes`` counts both)."""
         n = keys.numel()
         row_keys, counts = torch.unique_consecutive(row_of_key(keys), return_counts=True)
         r = row_keys.numel()
@@ -404,7 +406,6 @@ class VhpiChunkStore(nn.Module):
         self.entry_state[:r] = row_state
         self.counters[StoreCounter.HIGH_WATER] = n
         self.counters[StoreCounter.ROW_HIGH_WATER] = r
-        self.count(StoreCounter.COMPACTIONS)
         self.rebuild_hash()
 
     # ---- checkpoints ------------------------------------------------------------------------------------------

@@ -33,9 +33,15 @@ Every knob the design exposes is here with the reason for its default:
   of 128 (~2.7 bytes of buckets per row more than at 0.75, and no insert ever fails in practice).
 * ``sketch_fraction``: share of the budget for the count-min sketch that remembers the utility of rows or
   chunks that are not stored (so they can be re-admitted when they earn it).
+* ``nonfinite``: what a training step does when its output gradient or per-sample weights hold NaN or inf --
+  "skip" (default, as ``torch.amp.GradScaler`` skips such a step): the fused update does not touch chunks,
+  optimizer state, utilities or the sketch, the step is counted (``counter_dict()["skipped_nonfinite"]``) and
+  warned about once; "raise": a ``FloatingPointError`` naming what was not finite.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
@@ -77,6 +83,8 @@ class UtilityRule(str, Enum):
         """The kernels' utility-rule code (``cuda_ext.layout``)."""
         return UTILITY_CODES[self.value]
 
+
+MAX_INIT_SEED = 1 << 40  # the hashed init mixes the seed into 64-bit keys (emb_opt.hashed_init)
 
 _OPTIMIZER_ALIASES = {
     "sgd": OptimizerType.SGD,
@@ -125,12 +133,29 @@ class FiitedConfig:
     sketch_fraction: float = 0.05
     initial_capacity: int = 1 << 16  # slots allocated at start (grows x1.5 up to the budget)
 
+    nonfinite: str = "skip"  # a step whose output gradient or per-sample weights hold NaN / inf: "skip" or "raise"
+
     def __post_init__(self) -> None:
         self.optimizer = parse_optimizer(self.optimizer)
         self.utility = UtilityRule(self.utility) if not isinstance(self.utility, UtilityRule) else self.utility
+        integers = ("chunk_size", "warmup_steps", "resize_interval", "pressure_resize_steps", "init_seed",
+                    "max_probe", "initial_capacity")
+        for name in integers:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"FiitedConfig: {name} must be an int, got {value!r}")
+            setattr(self, name, int(value))
+        reals = ("learning_rate", "eps", "utility_decay", "reserve_fraction", "position_exponent", "prefix_dropout",
+                 "max_load_factor", "sketch_fraction")
+        for name in reals:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"FiitedConfig: {name} must be a finite number, got {value!r}")
+            setattr(self, name, float(value))
         checks = [
             (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.eps >= 0, f"eps must be >= 0, got {self.eps}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.resize_interval >= 1, f"resize_interval must be >= 1, got {self.resize_interval}"),
             (self.pressure_resize_steps >= 0, f"pressure_resize_steps must be >= 0, got {self.pressure_resize_steps}"),
@@ -139,9 +164,12 @@ class FiitedConfig:
             (self.threshold_mode in ("global", "per_position"), f"threshold_mode must be 'global' or 'per_position', got {self.threshold_mode!r}"),
             (0 <= self.prefix_dropout < 1, f"prefix_dropout must be in [0, 1), got {self.prefix_dropout}"),
             (self.position_exponent >= 0, f"position_exponent must be >= 0, got {self.position_exponent}"),
+            (0 <= self.init_seed < MAX_INIT_SEED, f"init_seed must be in [0, 2^40), got {self.init_seed}"),
             (0 < self.max_load_factor < 1, f"max_load_factor must be in (0, 1), got {self.max_load_factor}"),
             (self.max_probe >= 1, f"max_probe must be >= 1, got {self.max_probe}"),
             (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),
+            (self.initial_capacity >= 1, f"initial_capacity must be >= 1, got {self.initial_capacity}"),
+            (self.nonfinite in ("skip", "raise"), f"nonfinite must be 'skip' or 'raise', got {self.nonfinite!r}"),
         ]
         for ok, message in checks:
             if not ok:

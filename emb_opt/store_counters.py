@@ -17,11 +17,11 @@ class StoreCounter(IntEnum):
     ADMITTED_CHUNKS = 4
     PRUNED_CHUNKS = 5
     HASH_REBUILDS = 6
-    COMPACTIONS = 7
-    LAST_RESIZE_STEP = 8
-    DENIED_AT_LAST_RESIZE = 9  # denied_admissions when the last resize ran (pressure = denials since)
-    ROW_HIGH_WATER = 10  # index entries handed out
-    RELOCATED_ROWS = 11  # rows that moved to a longer run
+    LAST_RESIZE_STEP = 7
+    DENIED_AT_LAST_RESIZE = 8  # denied_admissions when the last resize ran (pressure = denials since)
+    ROW_HIGH_WATER = 9  # index entries handed out
+    RELOCATED_ROWS = 10  # rows that moved to a longer run
+    SKIPPED_NONFINITE = 11  # training steps whose update was skipped: NaN / inf gradient or weights
 
     @property
     def label(self) -> str:

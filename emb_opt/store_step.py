@@ -20,6 +20,7 @@ get their gradient (``EvalChunkBagLookup``).
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
@@ -87,10 +88,18 @@ def plan_batch(store: VhpiChunkStore, layout: FeatureLayout, values: torch.Tenso
     if offsets.numel() != num_features * batch_size + 1:
         raise ValueError(f"KJT offsets have {offsets.numel()} entries; expected features x batch + 1 = "
                          f"{num_features * batch_size + 1}")
+    negative = (offsets[1:] < offsets[:-1]).nonzero()
+    if negative.numel():
+        bag = int(negative[0])
+        raise ValueError(f"feature {layout.feature_names[bag // batch_size]!r}: sample {bag % batch_size} has a "
+                         f"negative length ({int(offsets[bag + 1] - offsets[bag])})")
     total = int(offsets[-1])
     if total != values.numel():
         _raise_length_mismatch(layout, offsets, total, values.numel(), batch_size)
     if weights is not None:
+        if weights.numel() != values.numel():
+            raise ValueError(f"the KeyedJaggedTensor holds {values.numel()} ids but {weights.numel()} per-sample "
+                             "weights; there must be one weight per id")
         weights = weights.to(torch.float32)
     row_keys, inverse, unique_offsets, unique_occ, occ_bag, bad = ops.chunk_bag_unique(
         values, offsets, layout.feature_table, store.table_rows, batch_size)
@@ -169,8 +178,11 @@ def pool(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan) -> torch
 def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan, grad_out: torch.Tensor,
                     need_weight_grad: bool) -> Optional[torch.Tensor]:
     """The fused optimizer step and utility update of a training step's backward (``grad_out`` [B, out_dim]);
-    returns the per-sample weights' gradient [nnz] when asked for."""
+    returns the per-sample weights' gradient [nnz] when asked for. A step whose ``grad_out`` or per-sample
+    weights hold NaN / inf follows ``config.nonfinite`` (``skip_nonfinite_step``)."""
     config = store.config
+    if not _all_finite(grad_out, plan.weights):
+        return skip_nonfinite_step(store, layout, plan, grad_out, need_weight_grad)
     candidate, weight_grad = ops.chunk_bag_backward_update_(
         store.pool_weights, store.optimizer_state, store.slot_utility, grad_out, plan.slots, plan.row_keys,
         plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
@@ -182,6 +194,30 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
         wanting &= ~plan.truncated
     store.sketch_add(plan.row_keys[wanting], candidate[wanting])
     return weight_grad if need_weight_grad else None
+
+
+def _all_finite(grad_out: torch.Tensor, weights: Optional[torch.Tensor]) -> bool:
+    """Whether the gradient and the weights hold no NaN / inf: one float32 sum of each (a NaN or an inf anywhere
+    makes it non-finite; so would a sum past 3.4e38, which only a diverged step reaches)."""
+    total = grad_out.sum(dtype=torch.float32)
+    if weights is not None:
+        total = total + weights.sum(dtype=torch.float32)
+    return bool(torch.isfinite(total))
+
+
+def skip_nonfinite_step(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan, grad_out: torch.Tensor,
+                        need_weight_grad: bool) -> Optional[torch.Tensor]:
+    """A step whose gradient or per-sample weights are not finite: raise (``nonfinite="raise"``) or leave chunks,
+    optimizer state, utilities and the sketch as they are, count it and warn once (``"skip"``)."""
+    what = "output gradient" if plan.weights is None else "output gradient or per-sample weights"
+    if store.config.nonfinite == "raise":
+        raise FloatingPointError(f"FIITED: the {what} of this training step hold NaN or inf (nonfinite='raise')")
+    store.count(StoreCounter.SKIPPED_NONFINITE)
+    if not store.warned_nonfinite:
+        store.warned_nonfinite = True
+        warnings.warn(f"FIITED: the {what} of a training step hold NaN or inf; its update was skipped, the store is "
+                      "unchanged (warned once; see counter_dict()['skipped_nonfinite'])", RuntimeWarning, stacklevel=2)
+    return occurrence_weight_grad(store, layout, plan, grad_out) if need_weight_grad else None
 
 
 def occurrence_weight_grad(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan,
@@ -231,8 +267,10 @@ class ChunkBagLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[None, Optional[torch.Tensor], None, None, None]:
         store, layout, plan = ctx.step
-        weight_grad = backward_update(store, layout, plan, grad_out, ctx.need_weight_grad)
-        release(store, plan.pending)
+        try:
+            weight_grad = backward_update(store, layout, plan, grad_out, ctx.need_weight_grad)
+        finally:
+            release(store, plan.pending)
         return None, weight_grad, None, None, None
 
 

@@ -5,6 +5,7 @@ counts computed here from the live chunk keys by plain bit arithmetic; the same 
 a DLRM holding it, its state_dict and a saved checkpoint file.
 """
 import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -128,8 +129,8 @@ def test_same_report_from_module_state_dict_file_and_dlrm(dlrm, fiited, tmp_path
     bare = emb_opt.memory_report(fiited)
     pd.testing.assert_frame_equal(emb_opt.memory_report(fiited.state_dict()), bare)
     path = tmp_path / "ckpt.pt"
-    torch.save({"epoch": 3, "model_state_dict": dlrm.state_dict()}, path)
-    loaded = torch.load(path, weights_only=False)
+    emb_opt.save_checkpoint({"epoch": 3, "model_state_dict": dlrm.state_dict()}, path)
+    loaded = emb_opt.load_checkpoint(path)
     in_model = bare.assign(module="sparse_arch.embedding_bag_collection")
     pd.testing.assert_frame_equal(emb_opt.memory_report(dlrm), in_model)
     pd.testing.assert_frame_equal(emb_opt.memory_report(loaded), in_model)
@@ -193,6 +194,16 @@ def test_model_with_several_collections_has_an_overall_total(fiited):
     assert int(totals.iloc[0]["total_bytes"]) == fiited.memory_bytes()
 
 
+class _Payload:
+    """A pickle that creates a file when it is unpickled (what a hostile checkpoint would do)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def is_png(path) -> bool:
     with open(path, "rb") as f:
         return os.path.getsize(path) > 1000 and f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -215,14 +226,20 @@ def test_plots_are_written(fiited, tmp_path):
 
 @pytest.fixture(scope="module", autouse=True)
 def cli_runs(dlrm, tmp_path_factory):
-    """``python -m emb_opt.report`` on a saved DLRM and on a missing file, started before the other tests so
-    that their torch/torchrec imports overlap with them; ``test_cli_*`` collects the results."""
+    """``python -m emb_opt.report`` on a saved DLRM, on a missing file and on a pickle that would run code, started
+    before the other tests so that their torch/torchrec imports overlap with them; ``test_cli_*`` collects the
+    results."""
     folder = tmp_path_factory.mktemp("cli")
-    torch.save(dlrm, folder / "model.pt")
+    emb_opt.save_checkpoint({"model": dlrm.state_dict()}, folder / "model.pt")
+    torch.save(dlrm, folder / "whole_module.pt")
+    with open(folder / "payload.pt", "wb") as f:
+        pickle.dump(_Payload(str(folder / "payload_ran")), f)
     cmd = [sys.executable, "-m", "emb_opt.report"]
     pipes = dict(cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = {"ok": subprocess.Popen([*cmd, str(folder / "model.pt"), "--out", str(folder / "out")], **pipes),
-            "missing": subprocess.Popen([*cmd, str(folder / "nope.pt")], **pipes)}
+            "missing": subprocess.Popen([*cmd, str(folder / "nope.pt")], **pipes),
+            "module": subprocess.Popen([*cmd, str(folder / "whole_module.pt"), "--out", str(folder / "m")], **pipes),
+            "payload": subprocess.Popen([*cmd, str(folder / "payload.pt"), "--out", str(folder / "p")], **pipes)}
     yield folder, runs
     for process in runs.values():
         if process.poll() is None:
@@ -245,6 +262,13 @@ def test_cli_writes_the_report_and_fails_cleanly(dlrm, cli_runs, tmp_path, capsy
     assert as_json["full_bytes"].fillna(0).astype(int).tolist() == expected["full_bytes"].fillna(0).astype(int).tolist()
     stdout, stderr = runs["missing"].communicate(timeout=120)
     assert runs["missing"].returncode == 2 and "checkpoint not found" in stderr and "Traceback" not in stderr
+    # files are read with weights_only=True: a pickled module and a pickle crafted to run code are refused, and
+    # the payload never runs
+    for name in ("module", "payload"):
+        stdout, stderr = runs[name].communicate(timeout=120)
+        assert runs[name].returncode == 2 and "refused to load" in stderr and "Traceback" not in stderr, stderr
+        assert "state_dict()" in stderr
+    assert not (folder / "payload_ran").exists() and not (folder / "m").exists() and not (folder / "p").exists()
 
     empty = tmp_path / "empty.pt"
     torch.save({"model": {"linear.weight": torch.zeros(2, 2)}}, empty)

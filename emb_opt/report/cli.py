@@ -8,8 +8,7 @@ import re
 import sys
 from typing import Optional, Sequence
 
-import torch
-
+from emb_opt.checkpoint_files import load_checkpoint
 from emb_opt.config import parse_optimizer
 from emb_opt.report.discovery import collect
 from emb_opt.report.rows import MAIN_COLUMNS, report_frame
@@ -20,10 +19,10 @@ and utility bytes, bytes before (full dense tables) and after, compression ratio
 per-row dimensions. Writes memory_report.csv, memory_report.json and memory_report.png, and, when a FIITED
 collection carries telemetry, telemetry.png (telemetry_<module>.png for several), telemetry.json, telemetry.csv.
 
-CHECKPOINT may be a torch.save'd model or module, a state_dict (model.state_dict()), or a dict holding one
-under a 'model', 'state_dict' or 'model_state_dict' key. It is loaded with torch.load(weights_only=False),
-which UNPICKLES the file and can run arbitrary code: only open checkpoints you trust. A whole pickled module
-needs its classes importable (run from the project root)."""
+CHECKPOINT is a file written by torch.save (or emb_opt.save_checkpoint) of a state_dict (model.state_dict()),
+or of a dict holding one under a 'model', 'state_dict' or 'model_state_dict' key. It is read with
+torch.load(weights_only=True): tensors, numbers, strings and plain containers only, so opening a file runs no
+code from it; a file that needs more (a whole pickled module) is refused, saying so."""
 
 
 def _optimizer_argument(text: str) -> str:
@@ -54,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(f"checkpoint not found: {args.checkpoint}")
     try:
         parse_optimizer(args.optimizer)
-        obj = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        obj = load_checkpoint(args.checkpoint)
     except Exception as error:  # noqa: BLE001 -- any load failure is the user's file, reported plainly
         return _fail(f"cannot load {args.checkpoint}: {type(error).__name__}: {error}")
     try:
