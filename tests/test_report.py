@@ -144,6 +144,10 @@ def test_same_report_from_module_state_dict_file_and_dlrm(dlrm, fiited, tmp_path
     layout = fiited.memory_bytes() - fiited.store.total_bytes()
     for column in ("metadata_bytes", "total_bytes"):
         assert (bare[column] - anonymous[column]).tolist() == [0, 0, 0, layout, layout], column
+    # a store missing a buffer is refused naming it (not a KeyError)
+    partial = {k: v for k, v in fiited.state_dict().items() if k != "store.pool_weights"}
+    with pytest.raises(ValueError, match="store.pool_weights: not in the checkpoint"):
+        emb_opt.memory_report(partial)
     # a store without a layout version (an unreleased layout) is refused, naming it
     unversioned = {k: v for k, v in fiited.state_dict().items() if k != "store._extra_state"}
     with pytest.raises(ValueError, match="store._extra_state: the checkpoint's store layout_version is None"):

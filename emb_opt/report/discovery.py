@@ -11,7 +11,7 @@ from torch import nn
 from emb_opt.config import OptimizerType, parse_optimizer
 from emb_opt.report.accounting import dense_rows, fiited_rows, fused_optimizer_state
 from emb_opt.report.rows import CollectionReport, report_frame
-from emb_opt.store_checkpoint import LAYOUT_VERSION
+from emb_opt.store_checkpoint import LAYOUT_VERSION, STORE_STATE
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
     import pandas
@@ -41,6 +41,15 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
         found = store.get("layout_version") if isinstance(store, Mapping) else None
         raise ValueError(f"{store_prefix}_extra_state: the checkpoint's store layout_version is {found!r}; this "
                          f"version reads layout_version {LAYOUT_VERSION} only")
+    needed = STORE_STATE + ("table_rows", "table_chunks")
+    missing = [store_prefix + n for n in needed if n not in buffers]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: not in the checkpoint, which holds the rest of a FIITED store; "
+                         "a store is reported whole or not at all")
+    flat = [store_prefix + n for n in ("entry_keys", "entry_chunks", "hash_buckets", "table_rows", "table_chunks")
+            if buffers[n].dim() != 1]
+    if flat or buffers["pool_weights"].dim() != 2:
+        raise ValueError(f"{', '.join(flat) or store_prefix + 'pool_weights'}: not shaped as a FIITED store's buffer")
     extra = sd.get(prefix + "_extra_state")
     extra = extra if isinstance(extra, Mapping) else {}
     chunk_size = int(store["chunk_size"])
