@@ -10,6 +10,8 @@ kernel (``torch.ops.emb_opt.mix_hash``, CPU or CUDA) when built, else the bit-id
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from cuda_ext import ops
@@ -31,10 +33,10 @@ def check_ids(ids: torch.Tensor, what: str = "ids") -> None:
 
 def random_hash(ids: torch.Tensor, num_buckets: int, seed: int = 0, method: str = "mix") -> torch.Tensor:
     """Hash ``ids`` (int32/int64, >= 0, any shape) into ``[0, num_buckets)``; returns int64, same shape."""
-    if not 1 <= int(num_buckets) < 2**63:
-        raise ValueError(f"num_buckets must be in [1, 2^63), got {num_buckets}")
-    if not -(2**63) <= int(seed) < 2**63:
-        raise ValueError(f"seed must fit in int64, got {seed}")
+    if isinstance(num_buckets, bool) or not isinstance(num_buckets, numbers.Integral) or not 1 <= num_buckets < 2**63:
+        raise ValueError(f"num_buckets must be an int in [1, 2^63), got {num_buckets!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**63:
+        raise ValueError(f"seed must be an int that fits in int64, got {seed!r}")
     check_ids(ids)
     if method == "mix":
         return ops.mix_hash(ids, int(num_buckets), int(seed))

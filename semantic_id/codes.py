@@ -13,6 +13,7 @@ and report their collision structure.
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
@@ -128,11 +129,39 @@ def save_codes(codes: torch.Tensor, path: PathLike, codebook_size: int) -> None:
 
 
 def load_codes(path: PathLike) -> CodesTable:
-    """Read a table written by ``save_codes``."""
+    """Read a table written by ``save_codes`` (checked: ``check_codes_table``)."""
     blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "codes" not in blob:
+    if not isinstance(blob, dict) or "codes" not in blob or "codebook_size" not in blob:
         raise ValueError(f"{path} is not a semantic_id codes file")
-    return CodesTable(blob["codes"], int(blob["codebook_size"]))
+    codebook_size = blob["codebook_size"]
+    check_codes_table(blob["codes"], codebook_size, what=f"{path}: codes table")
+    return CodesTable(blob["codes"].to(torch.int64), int(codebook_size))
+
+
+def check_codes_table(codes: Any, codebook_size: Any, levels: Optional[int] = None,
+                      what: str = "codes table") -> None:
+    """Raise a ``ValueError`` naming the problem unless ``codes`` is an integer ``[n, L]`` table (``L = levels``
+    when given) whose rows are all codes in ``[0, codebook_size)`` or all ``-1`` (no code)."""
+    if isinstance(codebook_size, bool) or not isinstance(codebook_size, numbers.Integral) or codebook_size < 1:
+        raise ValueError(f"{what}: codebook size must be an int >= 1, got {codebook_size!r}")
+    if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int32, torch.int64) or codes.dim() != 2:
+        found = f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"{what} must be an int32/int64 [n, L] tensor, got {found}")
+    if levels is not None and codes.shape[1] != levels:
+        raise ValueError(f"{what} must be [n, {levels}], got {tuple(codes.shape)}")
+    if not codes.numel():
+        return
+    missing = codes < 0
+    partial = missing.any(1) & ~missing.all(1)
+    if bool(partial.any()):
+        row = int(partial.nonzero()[0, 0])
+        raise ValueError(f"{what} row {row} mixes -1 and codes ({codes[row].tolist()}); a row is all codes or all -1 "
+                         "(no code)")
+    bad = (codes < -1) | (codes >= codebook_size)
+    if bool(bad.any()):
+        row, level = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"{what} values must be in [0, {codebook_size}) or -1: row {row} level {level} holds "
+                         f"{int(codes[row, level])}")
 
 
 # ---------------------------------------------------------------------------------------------------- report

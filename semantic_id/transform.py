@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from hashing.random_hash import random_hash
 from cuda_ext import ops
+from hashing.random_hash import random_hash
+from semantic_id.codes import check_codes_table
 from semantic_id.parameterizations import (
     CODE_PARAMETERIZATIONS,
     PARAMETERIZATIONS,
@@ -156,19 +157,7 @@ class SemanticIdTransform(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ table
     def _check_table(self, codes: torch.Tensor) -> None:
-        if codes.shape[1] != self.levels:
-            raise ValueError(f"codes table must be [n, {self.levels}], got {tuple(codes.shape)}")
-        if not codes.numel():
-            return
-        missing = codes < 0
-        partial = missing.any(1) & ~missing.all(1)
-        if bool(partial.any()):
-            row = int(partial.nonzero()[0, 0])
-            raise ValueError(f"codes table row {row} mixes -1 and codes ({codes[row].tolist()}); a row is all codes "
-                             "or all -1 (no code)")
-        if int(codes.min()) < -1 or int(codes.max()) >= self.codebook_size:
-            raise ValueError(f"codes table values must be in [0, {self.codebook_size}) or -1, got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+        check_codes_table(codes, self.codebook_size, self.levels, what=f"feature {self.feature!r}: codes table")
 
     def set_quantizer(self, quantizer: nn.Module) -> None:
         if int(getattr(quantizer, "codebook_size")) != self.codebook_size:
@@ -209,11 +198,11 @@ class SemanticIdTransform(nn.Module):
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         key = prefix + "codes"
-        if key in state_dict and state_dict[key].shape != self.codes.shape:
+        if key in state_dict:  # the same checks as the constructor's, before anything changes
             incoming = state_dict[key]
-            if incoming.dim() != 2 or incoming.shape[1] != self.levels:
-                raise ValueError(f"state_dict codes table {tuple(incoming.shape)} does not fit L={self.levels}")
-            self.codes = torch.empty_like(incoming, dtype=torch.int64, device=self.codes.device)
+            check_codes_table(incoming, self.codebook_size, self.levels, what=f"state_dict {key}")
+            if incoming.shape != self.codes.shape:
+                self.codes = torch.empty_like(incoming, dtype=torch.int64, device=self.codes.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ tokens
@@ -286,8 +275,14 @@ class SemanticIdTransform(nn.Module):
         stride = features.stride()
         values = features.values()
         lengths = features.lengths()
+        if sum(length_per_key) != values.numel():
+            raise ValueError(f"SemanticIdTransform: the KeyedJaggedTensor's lengths add up to {sum(length_per_key)} "
+                             f"ids but it holds {values.numel()}")
         ids = values[start : start + count]
         bag_lengths = lengths[index * stride : (index + 1) * stride]
+        if bag_lengths.numel() and (int(bag_lengths.min()) < 0 or int(bag_lengths.sum()) != count):
+            raise ValueError(f"SemanticIdTransform feature {self.feature!r}: its lengths (min "
+                             f"{int(bag_lengths.min())}, sum {int(bag_lengths.sum())}) do not give its {count} ids")
 
         flat, per_id = self.tokens(ids)
         if per_id.numel() == 0 or bool((per_id == self.tokens_per_id).all()):

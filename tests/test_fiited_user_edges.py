@@ -214,10 +214,12 @@ def test_helper_argument_errors_name_the_problem():
     from hashing import random_hash
     from semantic_id import build_codes
 
-    with pytest.raises(ValueError, match=r"seed must fit in int64"):
+    with pytest.raises(ValueError, match=r"seed must be an int that fits in int64"):
         random_hash(torch.arange(4), 10, seed=2**64)
-    with pytest.raises(ValueError, match=r"num_buckets must be in \[1, 2\^63\)"):
+    with pytest.raises(ValueError, match=r"num_buckets must be an int in \[1, 2\^63\), got 9223372036854775808"):
         random_hash(torch.arange(4), 2**63)
+    with pytest.raises(ValueError, match=r"num_buckets must be an int in \[1, 2\^63\), got 7.5"):
+        random_hash(torch.arange(4), 7.5)
     with pytest.raises(TypeError, match=r"got ndarray \(for a numpy array use torch.from_numpy"):
         build_codes(np.zeros((20, 4), dtype=np.float32), levels=2, codebook_size=4, method="rqkmeans")
 

@@ -105,7 +105,7 @@ def test_errors_name_feature_id_and_range():
         S.SemanticIdTransform(torch.tensor([[1, -1, 2]]), "item", codebook_size=K)
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         S.SemanticIdTransform(torch.tensor([[1, 5, 2]]), "item", codebook_size=K)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match=r"state_dict codes must be \[n, 3\], got \(5, 2\)"):
         transform.load_state_dict({"codes": torch.zeros(5, 2, dtype=torch.long)})
     with pytest.raises(ValueError, match="needs num_buckets"):
         S.SemanticIdTransform(CODES, "item", "random")
