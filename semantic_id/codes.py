@@ -21,6 +21,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from emb_opt.checkpoint_files import load_checkpoint, save_checkpoint
+
 from semantic_id.rq_kmeans import RQKMeans
 from semantic_id.rq_vae import RQVAE
 
@@ -81,19 +83,30 @@ def save_quantizer(quantizer: Quantizer, path: PathLike) -> None:
     if not bool(quantizer.fitted):
         raise ValueError("refusing to save an unfitted quantizer")
     state = {k: v.detach().cpu() for k, v in quantizer.state_dict().items()}
-    torch.save({"format_version": _FORMAT_VERSION, "method": quantizer.method, "config": quantizer.config(),
-                "state_dict": state}, str(path))
+    save_checkpoint({"format_version": _FORMAT_VERSION, "method": quantizer.method, "config": quantizer.config(),
+                     "state_dict": state}, path)
 
 
 def load_quantizer(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Quantizer:
     """Rebuild a quantizer saved by ``save_quantizer``; ``encode`` then gives the same codes as before saving."""
-    blob = torch.load(str(path), map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("method") not in QUANTIZERS:
+    blob = _load_versioned(path, map_location)
+    if blob.get("method") not in QUANTIZERS or not isinstance(blob.get("config"), dict):
         raise ValueError(f"{path} is not a semantic_id quantizer file")
     quantizer = QUANTIZERS[blob["method"]](**blob["config"])
     quantizer.load_state_dict(blob["state_dict"])
     quantizer.eval()
     return quantizer
+
+
+def _load_versioned(path: PathLike, map_location: Union[str, torch.device]) -> Dict[str, Any]:
+    """A semantic_id file (read with ``weights_only=True``) of this version's format; other versions are refused."""
+    blob = load_checkpoint(path, map_location)
+    if not isinstance(blob, dict):
+        raise ValueError(f"{path} is not a semantic_id file")
+    if blob.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {blob.get('format_version')!r} is not this version's "
+                         f"{_FORMAT_VERSION}; it cannot be read")
+    return blob
 
 
 class CodesTable(NamedTuple):
@@ -125,13 +138,13 @@ def save_codes(codes: torch.Tensor, path: PathLike, codebook_size: int) -> None:
     codes = torch.as_tensor(codes).to(torch.int64).cpu()
     if codes.dim() != 2:
         raise ValueError(f"codes must be [n_items, L], got {tuple(codes.shape)}")
-    torch.save({"format_version": _FORMAT_VERSION, "codes": codes, "codebook_size": int(codebook_size)}, str(path))
+    save_checkpoint({"format_version": _FORMAT_VERSION, "codes": codes, "codebook_size": int(codebook_size)}, path)
 
 
 def load_codes(path: PathLike) -> CodesTable:
     """Read a table written by ``save_codes`` (checked: ``check_codes_table``)."""
-    blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "codes" not in blob or "codebook_size" not in blob:
+    blob = _load_versioned(path, "cpu")
+    if "codes" not in blob or "codebook_size" not in blob:
         raise ValueError(f"{path} is not a semantic_id codes file")
     codebook_size = blob["codebook_size"]
     check_codes_table(blob["codes"], codebook_size, what=f"{path}: codes table")

@@ -43,12 +43,15 @@ def test_load_codes_refuses_codes_outside_the_codebook(tmp_path):
     S.save_codes(CODES, tmp_path / "ok.pt", codebook_size=K)
     table = S.load_codes(tmp_path / "ok.pt")
     assert torch.equal(table.codes, CODES) and table.codebook_size == K
-    torch.save({"codes": torch.tensor([[1, 2, 7]]), "codebook_size": K}, tmp_path / "bad.pt")
+    torch.save({"format_version": 1, "codes": torch.tensor([[1, 2, 7]]), "codebook_size": K}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad.pt: codes table values must be in \[0, 4\) or -1: row 0 level 2 holds 7"):
         S.load_codes(tmp_path / "bad.pt")
-    torch.save({"codes": CODES, "codebook_size": 2.5}, tmp_path / "k.pt")
+    torch.save({"format_version": 1, "codes": CODES, "codebook_size": 2.5}, tmp_path / "k.pt")
     with pytest.raises(ValueError, match=r"codebook size must be an int >= 1, got 2.5"):
         S.load_codes(tmp_path / "k.pt")
+    torch.save({"format_version": 0, "codes": CODES, "codebook_size": K}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: format_version 0 is not this version's 1"):
+        S.load_codes(tmp_path / "old.pt")
 
 
 def test_a_kjt_whose_lengths_do_not_give_its_ids_is_refused():
