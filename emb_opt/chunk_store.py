@@ -45,6 +45,7 @@ from emb_opt import utility_sketch
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
+from emb_opt.store_checkpoint import checkpoint_problems, store_description
 from emb_opt.store_counters import COUNTER_NAMES, NUM_COUNTERS, StoreCounter
 
 _GROWTH = 1.5
@@ -412,8 +413,6 @@ class VhpiChunkStore(nn.Module):
     def get_extra_state(self) -> Dict[str, Any]:
         """What a checkpoint of this store must match to load: its layout version and the settings that shape
         its buffers."""
-        from emb_opt.store_checkpoint import store_description
-
         return store_description(self)
 
     def set_extra_state(self, state: Any) -> None:
@@ -422,8 +421,6 @@ class VhpiChunkStore(nn.Module):
     def checkpoint_problems(self, state_dict: Dict[str, Any], prefix: str) -> List[str]:
         """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into this store, if they
         cannot (``emb_opt.store_checkpoint``); empty when they can."""
-        from emb_opt.store_checkpoint import checkpoint_problems
-
         return checkpoint_problems(self, state_dict, prefix)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):

@@ -16,7 +16,7 @@ position, and the store keeps its state. It checks, vectorised, O(slots + entrie
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -25,8 +25,8 @@ from cuda_ext.layout import key_chunk, key_row, key_table
 from emb_opt.budget import num_buckets_for
 from emb_opt.store_counters import NUM_COUNTERS, StoreCounter
 
-if TYPE_CHECKING:  # pragma: no cover
-    from emb_opt.chunk_store import VhpiChunkStore
+# ``store`` below is the ``emb_opt.chunk_store.VhpiChunkStore`` being saved or loaded into (typed Any: the store
+# module imports this one)
 
 LAYOUT_VERSION = 1
 SLOT_ARRAYS = ("pool_weights", "pool_state", "slot_utility")
@@ -39,13 +39,13 @@ _DTYPES = {"pool_weights": torch.float32, "pool_state": torch.float32, "slot_uti
 _SETTINGS = ("optimizer", "chunk_size", "budget_bytes")
 
 
-def store_description(store: "VhpiChunkStore") -> Dict[str, Any]:
+def store_description(store: Any) -> Dict[str, Any]:
     """The store's ``_extra_state``: ``layout_version`` and the settings a checkpoint must match."""
     return {"layout_version": LAYOUT_VERSION, "optimizer": store.config.optimizer.value,
             "chunk_size": store.config.chunk_size, "budget_bytes": store.plan.budget_bytes}
 
 
-def checkpoint_problems(store: "VhpiChunkStore", state_dict: Mapping[str, Any], prefix: str) -> List[str]:
+def checkpoint_problems(store: Any, state_dict: Mapping[str, Any], prefix: str) -> List[str]:
     """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into ``store``; empty when
     they can (see the module docstring)."""
     where = prefix or "store."
@@ -88,7 +88,7 @@ def checkpoint_problems(store: "VhpiChunkStore", state_dict: Mapping[str, Any], 
     return _content_problems(store, {n: t.detach().to(store.pool_weights.device) for n, t in buffers.items()}, prefix)
 
 
-def _shape_problems(store: "VhpiChunkStore", b: Dict[str, Any], prefix: str) -> List[str]:
+def _shape_problems(store: Any, b: Dict[str, Any], prefix: str) -> List[str]:
     problems = [f"{prefix}{n}: expected a {_DTYPES[n]} tensor, got "
                 f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
                 for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != _DTYPES[n]]
@@ -133,7 +133,7 @@ def _shape_problems(store: "VhpiChunkStore", b: Dict[str, Any], prefix: str) -> 
     return problems
 
 
-def _content_problems(store: "VhpiChunkStore", b: Dict[str, torch.Tensor], prefix: str) -> List[str]:
+def _content_problems(store: Any, b: Dict[str, torch.Tensor], prefix: str) -> List[str]:
     """Contents, in an order where each check may rely on the ones before it; the first failing check wins."""
     counters = b["counters"]
     slots, rows = b["pool_weights"].shape[0], b["entry_keys"].numel()
