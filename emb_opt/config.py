@@ -61,16 +61,21 @@ class OptimizerType(str, Enum):
 
     def state_width(self, chunk_size: int) -> int:
         """Floats of optimizer state per chunk slot (Adagrad: one per weight)."""
-        return {"sgd": 0, "adagrad": chunk_size, "rowwise_adagrad": 0}[self.value]
+        return _STATE_FLOATS[self.value][0] * chunk_size
 
     @property
     def row_state_width(self) -> int:
         """Floats of optimizer state per stored row, kept at its index entry (row-wise Adagrad's accumulator)."""
-        return {"sgd": 0, "adagrad": 0, "rowwise_adagrad": 1}[self.value]
+        return _STATE_FLOATS[self.value][1]
 
     def dense_state_bytes_per_row(self, dim: int) -> int:
         """Bytes of optimizer state a full (dense) table row of ``dim`` floats carries with this optimizer."""
-        return {"sgd": 0, "adagrad": 4 * dim, "rowwise_adagrad": 4}[self.value]
+        per_weight, per_row = _STATE_FLOATS[self.value]
+        return 4 * (per_weight * dim + per_row)
+
+
+# optimizer state floats: (per weight, per row)
+_STATE_FLOATS = {"sgd": (0, 0), "adagrad": (1, 0), "rowwise_adagrad": (0, 1)}
 
 
 class UtilityRule(str, Enum):

@@ -8,12 +8,10 @@ the same memory budget -- FIITED's advantage is then measured at equal bytes, wi
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any, List, Union
 
-import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from emb_opt.config import FiitedConfig
 from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
 
 
@@ -22,23 +20,13 @@ class RowPruningEmbeddingBagCollection(FiitedEmbeddingBagCollection):
 
     report_kind = "rowprune"
 
-    def __init__(
-        self,
-        tables: List[EmbeddingBagConfig],
-        memory_budget: Union[int, float],
-        optimizer: Any = None,
-        learning_rate: Optional[float] = None,
-        device: Optional[torch.device] = None,
-        is_weighted: bool = False,
-        config: Optional[FiitedConfig] = None,
-        **options: Any,
-    ) -> None:
+    def __init__(self, tables: List[EmbeddingBagConfig], memory_budget: Union[int, float], **options: Any) -> None:
+        """Arguments as ``FiitedEmbeddingBagCollection``'s; ``chunk_size`` is the tables' one dimension and the
+        utility defaults to access counts ("freq")."""
         dims = sorted({t.embedding_dim for t in tables})
         if len(dims) != 1:
             raise ValueError(f"row pruning stores whole rows in one pool: tables must share one embedding_dim, got {dims}")
-        if "chunk_size" in options and options["chunk_size"] not in (None, dims[0]):
+        if options.pop("chunk_size", None) not in (None, dims[0]):
             raise ValueError("row pruning uses chunk_size = embedding_dim")
-        options.pop("chunk_size", None)
         options.setdefault("utility", "freq")
-        super().__init__(tables, memory_budget, chunk_size=dims[0], optimizer=optimizer, learning_rate=learning_rate,
-                         device=device, is_weighted=is_weighted, config=config, **options)
+        super().__init__(tables, memory_budget, chunk_size=dims[0], **options)
