@@ -8,8 +8,11 @@
   budget cannot hold them all; see ``emb_opt.dense_import``); the dense tables are then dropped, so the model's
   memory really shrinks. That is for trained weights: a freshly initialised model is better converted with
   ``copy_weights=False`` (its random rows would fill the store until the first resize prunes them).
+* The tables' optimizer: ``optimizer`` / ``learning_rate`` / ``eps`` arguments, else what the collection's
+  parameters declare (TorchRec's ``apply_optimizer_in_backward``), else FIITED's defaults, with a warning that
+  names the learning rate (``emb_opt.declared_optimizer``).
 * Build the dense optimizer after converting: the collections' parameters are gone (FIITED's optimizer is
-  fused into its backward, configured by ``optimizer`` / ``learning_rate``).
+  fused into its backward).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from torchrec import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from emb_opt.budget import total_full_bytes
-from emb_opt.config import merge_config
+from emb_opt.config import FiitedConfig, parse_optimizer
+from emb_opt.declared_optimizer import optimizer_on_parameters
 from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
 
 
@@ -70,18 +74,21 @@ def convert(model: nn.Module, memory_budget: Union[int, float], copy_weights: bo
     found = _collections(model)
     if not found:
         raise ValueError("convert(): the model contains no torchrec EmbeddingBagCollection")
-    optimizer = merge_config(None, **{k: v for k, v in options.items() if k == "optimizer"}).optimizer
+    # the optimizer each collection's tables were declared with (apply_optimizer_in_backward); arguments win
+    declared = [optimizer_on_parameters(ebc.parameters(), f"convert(): {name!r}") for _, name, ebc in found]
     fulls = [
         total_full_bytes([t.num_embeddings for t in ebc.embedding_bag_configs()],
-                         [t.embedding_dim for t in ebc.embedding_bag_configs()], optimizer)
-        for _, _, ebc in found
+                         [t.embedding_dim for t in ebc.embedding_bag_configs()],
+                         parse_optimizer(options.get("optimizer") or mine.get("optimizer") or FiitedConfig.optimizer))
+        for (_, _, ebc), mine in zip(found, declared)
     ]
-    for (parent, name, ebc), full in zip(found, fulls):
+    for (parent, name, ebc), full, mine in zip(found, fulls, declared):
         budget: Union[int, float] = memory_budget
         if isinstance(memory_budget, numbers.Integral) and not isinstance(memory_budget, bool):
             budget = max(1, int(memory_budget * full / sum(fulls)))
         fiited = FiitedEmbeddingBagCollection(
-            ebc.embedding_bag_configs(), budget, device=ebc.device, is_weighted=ebc.is_weighted(), **options
+            ebc.embedding_bag_configs(), budget, device=ebc.device, is_weighted=ebc.is_weighted(), fused_params=mine,
+            **options,
         )
         if copy_weights:
             weights = {t.name: ebc.embedding_bags[t.name].weight for t in ebc.embedding_bag_configs()}

@@ -20,7 +20,7 @@ get their gradient).
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -32,6 +32,7 @@ from emb_opt import store_step
 from emb_opt.budget import chunk_counts, plan_store, resolve_budget, total_full_bytes
 from emb_opt.chunk_store import VhpiChunkStore
 from emb_opt.config import FiitedConfig, merge_config
+from emb_opt.declared_optimizer import optimizer_from_fused_params, resolve_optimizer_options
 from emb_opt.dense_import import import_dense_weights
 from emb_opt.resize import resize_due, resize_store
 from emb_opt.store_step import BatchPlan, FeatureLayout
@@ -49,6 +50,15 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         device: where the store lives (CPU kernels; CUDA kernels when built with CUDA).
         is_weighted: read per-sample weights from the KJT.
         config: a ``FiitedConfig`` with the remaining options; keyword ``options`` override its fields.
+        fused_params: the embedding optimizer as TorchRec / FBGEMM declare it (``{"optimizer":
+            EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.05, "eps": 1e-8}``), used where neither the
+            arguments nor ``config`` set it (``emb_opt.declared_optimizer``).
+
+    Example::
+
+        tables = [EmbeddingBagConfig(name="t0", embedding_dim=64, num_embeddings=10**6, feature_names=["f0"])]
+        ebc = FiitedEmbeddingBagCollection(tables, memory_budget=0.05, learning_rate=0.05)
+        pooled = ebc(kjt)  # KeyedTensor, [B, 64]; ebc.memory_bytes() <= ebc.budget_bytes
     """
 
     report_kind = "fiited"  # what memory reports and checkpoints call this collection
@@ -63,10 +73,16 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         device: Optional[torch.device] = None,
         is_weighted: bool = False,
         config: Optional[FiitedConfig] = None,
+        fused_params: Optional[Mapping[str, Any]] = None,
         **options: Any,
     ) -> None:
         super().__init__()
-        self.config = merge_config(config, chunk_size=chunk_size, optimizer=optimizer, learning_rate=learning_rate, **options)
+        declared = optimizer_from_fused_params(fused_params) if config is None else {}
+        explicit = dict(optimizer=optimizer, learning_rate=learning_rate, eps=options.pop("eps", None))
+        resolved = resolve_optimizer_options(explicit, declared, type(self).__name__, config)
+        self.config = merge_config(config, chunk_size=chunk_size, **resolved, **options)
+        # whether the user chose the optimizer (a sharder's fused_params apply only where they did not)
+        self.optimizer_chosen = config is not None or bool(resolved)
         if not tables:
             raise ValueError("FiitedEmbeddingBagCollection needs at least one table")
         if len(tables) > MAX_TABLES:
@@ -183,6 +199,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 batch_size: int) -> torch.Tensor:
         """The store's step on the ordered batch. Data-dependent (admission, resizes, sizes that depend on the ids):
         ``torch.compile`` runs it eagerly between the graphs it compiles around it."""
+        if self.store.pool_weights.is_meta:  # shape inference (planners, meta models): no store to read
+            return torch.zeros(batch_size, self._out_dim, device="meta", dtype=self._output_dtype.dtype)
         training = self.training and torch.is_grad_enabled()
         if training and self.store.pending_backward == 0 and resize_due(self.store):
             self.resize_now()

@@ -47,6 +47,8 @@ from torchrec.optim.keyed import KeyedOptimizer
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from emb_opt.budget import full_table_bytes
+from emb_opt.config import merge_config
+from emb_opt.declared_optimizer import optimizer_from_fused_params
 from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
 
 
@@ -93,7 +95,8 @@ class ShardedFiitedEmbeddingBagCollection(
     """Table-wise sharded FIITED collection (see the module docstring)."""
 
     def __init__(self, module: FiitedEmbeddingBagCollection, params: Dict[str, ParameterSharding],
-                 env: ShardingEnv, device: Optional[torch.device] = None) -> None:
+                 env: ShardingEnv, device: Optional[torch.device] = None,
+                 fused_params: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self._env = env
         world, rank = env.world_size, env.rank
@@ -121,7 +124,10 @@ class ShardedFiitedEmbeddingBagCollection(
         mine = [tables[i] for i in per_rank[rank]]
         self._has_local = bool(mine)
         if mine:
-            local = FiitedEmbeddingBagCollection(mine, sum(shares[t.name] for t in mine), config=copy.deepcopy(module.config),
+            config = copy.deepcopy(module.config)
+            if fused_params and not module.optimizer_chosen:  # the sharder's fused_params, as for TorchRec's EBCs
+                config = merge_config(config, **optimizer_from_fused_params(fused_params))
+            local = FiitedEmbeddingBagCollection(mine, sum(shares[t.name] for t in mine), config=config,
                                                  is_weighted=module.is_weighted(), device=device)
             self.store = local.store  # state_dict keys as in the unsharded module: store.*
             object.__setattr__(self, "_local_module", local)  # not a child module: its store is registered above
@@ -186,11 +192,19 @@ def _column_order(names: List[str], dims: List[int], rank_names: List[str], rank
 
 
 class FiitedEmbeddingBagCollectionSharder(ModuleSharder[FiitedEmbeddingBagCollection]):
-    """Shards ``FiitedEmbeddingBagCollection`` (and ``RowPruningEmbeddingBagCollection``) table-wise."""
+    """Shards ``FiitedEmbeddingBagCollection`` (and ``RowPruningEmbeddingBagCollection``) table-wise.
 
-    def __init__(self, module_type: Type[FiitedEmbeddingBagCollection] = FiitedEmbeddingBagCollection) -> None:
+    Args:
+        module_type: the collection class it shards.
+        fused_params: the embedding optimizer as TorchRec's sharders take it (``{"optimizer":
+            EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.05}``), for collections built without one.
+    """
+
+    def __init__(self, module_type: Type[FiitedEmbeddingBagCollection] = FiitedEmbeddingBagCollection,
+                 fused_params: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self._module_type = module_type
+        self._fused_params = dict(fused_params or {})
 
     @property
     def module_type(self) -> Type[FiitedEmbeddingBagCollection]:
@@ -212,4 +226,4 @@ class FiitedEmbeddingBagCollectionSharder(ModuleSharder[FiitedEmbeddingBagCollec
 
     def shard(self, module: FiitedEmbeddingBagCollection, params: Dict[str, ParameterSharding], env: ShardingEnv,
               device: Optional[torch.device] = None, module_fqn: Optional[str] = None) -> ShardedFiitedEmbeddingBagCollection:
-        return ShardedFiitedEmbeddingBagCollection(module, params, env, device or torch.device("cpu"))
+        return ShardedFiitedEmbeddingBagCollection(module, params, env, device or torch.device("cpu"), self._fused_params)
