@@ -179,10 +179,10 @@ def test_convert_warns_when_a_limited_import_copies_untrained_weights():
     with pytest.warns(RuntimeWarning, match=r"until the first resize \(step 1000\)"):  # no pressure resizes: the warm-up
         convert(model_with(1.0), 0.1, chunk_size=4, pressure_resize_steps=0)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        convert(model_with(3.0), 0.1, chunk_size=4)  # values beyond the init range: trained
-        convert(model_with(1.0), 0.1, chunk_size=4, copy_weights=False)
-        convert(model_with(1.0), 10**6, chunk_size=4)  # everything fits: the import is exact, nothing denied
+        warnings.simplefilter("error")  # (a learning rate given: no warning about the default either)
+        convert(model_with(3.0), 0.1, chunk_size=4, learning_rate=0.05)  # values beyond the init range: trained
+        convert(model_with(1.0), 0.1, chunk_size=4, learning_rate=0.05, copy_weights=False)
+        convert(model_with(1.0), 10**6, chunk_size=4, learning_rate=0.05)  # everything fits: the import is exact
 
 
 @pytest.mark.parametrize(
