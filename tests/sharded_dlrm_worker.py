@@ -72,6 +72,23 @@ def main(out: str) -> None:
     for m in fiited:
         if m._has_local:
             assert m.local.memory_bytes() <= m.local.budget_bytes
+    # the memory report: this rank's tables, from the model and from its rank-local checkpoint; all ranks' on rank 0
+    import emb_opt
+
+    local = emb_opt.memory_report(model)
+    local_bytes = sum(m.local.memory_bytes() for m in fiited if m._has_local)
+    assert int(local[local["table"] == "TOTAL"]["total_bytes"].sum()) == local_bytes
+    from_checkpoint = emb_opt.memory_report(checkpoint)
+    assert sorted(from_checkpoint["table"]) == sorted(local["table"])
+    gathered = emb_opt.memory_report(model, gather=True)
+    sizes = [0] * world
+    dist.all_gather_object(sizes, local_bytes)
+    if rank == 0:
+        gathered.to_csv(os.path.join(out, "report.csv"), index=False)
+        with open(os.path.join(out, "rank_bytes.json"), "w") as handle:
+            json.dump(sizes, handle)
+    else:
+        assert gathered is None
     fresh, _ = make_dmp(build_model(), pg, sharders, plan)
     fresh.load_state_dict(checkpoint)
     optimizer = torch.optim.SGD(fresh.parameters(), lr=DENSE_LR)

@@ -59,6 +59,18 @@ def test_sharded_checkpoint_replays_exactly(sharded_run):
     assert replay == sharded[CHECKPOINT_STEP:]
 
 
+def test_memory_report_of_the_sharded_model_gathers_every_rank(sharded_run):
+    import pandas as pd
+
+    report = pd.read_csv(sharded_run / "report.csv")
+    rank_bytes = json.loads((sharded_run / "rank_bytes.json").read_text())
+    tables = report[~report["table"].isin(["(shared)", "TOTAL"])]
+    assert sorted(tables["table"]) == ["t0", "t1", "t2", "t3"]  # every table once, on the rank that holds it
+    assert {m.rsplit("[", 1)[1] for m in tables["module"]} == {"rank 0]", "rank 1]"}
+    overall = report[(report["module"] == "(all)") & (report["table"] == "TOTAL")]
+    assert int(overall["total_bytes"].iloc[0]) == sum(rank_bytes)
+
+
 def test_plan_puts_fiited_tables_table_wise(sharded_run):
     plan = (sharded_run / "plan.txt").read_text()
     for table in ("t0", "t1", "t2", "t3"):

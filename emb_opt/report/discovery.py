@@ -70,8 +70,9 @@ def _collection_kind(module: nn.Module) -> Optional[str]:
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+    from emb_opt.sharding import ShardedFiitedEmbeddingBagCollection
 
-    if isinstance(module, FiitedEmbeddingBagCollection):
+    if isinstance(module, (FiitedEmbeddingBagCollection, ShardedFiitedEmbeddingBagCollection)):
         return "fiited"
     try:
         from hashing.hashed_ebc import HashedEmbeddingBagCollection
@@ -84,6 +85,15 @@ def _collection_kind(module: nn.Module) -> Optional[str]:
     if isinstance(module, EmbeddingBagCollection):
         return "dense"
     return None
+
+
+def _local_fiited(module: nn.Module) -> Optional[nn.Module]:
+    """The FIITED collection of ``module``: itself, or a sharded one's collection of this rank's tables."""
+    from emb_opt.sharding import ShardedFiitedEmbeddingBagCollection
+
+    if isinstance(module, ShardedFiitedEmbeddingBagCollection):
+        return module.local if module._has_local else None
+    return module
 
 
 def _from_module(root: nn.Module, optimizer: OptimizerType) -> List[CollectionReport]:
@@ -99,7 +109,9 @@ def _from_module(root: nn.Module, optimizer: OptimizerType) -> List[CollectionRe
             continue  # not a collection, or hashing in front of a FIITED one: that one is found on its own
         inside.append(name)
         if kind == "fiited":
-            found.append(_fiited_from_module(name, module))
+            local = _local_fiited(module)
+            if local is not None:  # a sharded collection reports this rank's tables (none: nothing here)
+                found.append(_fiited_from_module(name, local))
             continue
         weights = _dense_weights(ebc.state_dict()).get("", {})
         virtual = {t.name: t.num_embeddings for t in module.virtual_configs} if kind == "hashed" else None
@@ -140,7 +152,7 @@ def unwrap_checkpoint(obj: Any) -> Any:
     return obj
 
 
-def collect(obj: Any, optimizer: Any = "rowwise_adagrad") -> List[CollectionReport]:
+def collect(obj: Any, optimizer: Any = "rowwise_adagrad", allow_empty: bool = False) -> List[CollectionReport]:
     """Every embedding collection of ``obj`` (module, state_dict or checkpoint dict) with its rows."""
     opt = parse_optimizer(optimizer)
     obj = unwrap_checkpoint(obj)
@@ -150,7 +162,7 @@ def collect(obj: Any, optimizer: Any = "rowwise_adagrad") -> List[CollectionRepo
         found = _from_state_dict(obj, opt)
     else:
         raise TypeError(f"memory_report takes a module or a state_dict, got {type(obj).__name__}")
-    if not found:
+    if not found and not allow_empty:
         raise ValueError(
             f"no embedding collections found in this {type(obj).__name__}: expected a FiitedEmbeddingBagCollection, "
             "a TorchRec (Fused)EmbeddingBagCollection, a HashedEmbeddingBagCollection, a module containing one, or "
@@ -159,10 +171,31 @@ def collect(obj: Any, optimizer: Any = "rowwise_adagrad") -> List[CollectionRepo
     return found
 
 
-def memory_report(obj: Any, optimizer: Any = "rowwise_adagrad") -> "pandas.DataFrame":
-    """Per-table memory of every embedding collection in ``obj`` (see the module docstring).
+def memory_report(obj: Any, optimizer: Any = "rowwise_adagrad", gather: bool = False) -> Optional["pandas.DataFrame"]:
+    """Per-table memory of every embedding collection in ``obj`` (see the package docstring).
 
     ``optimizer`` ("rowwise_adagrad", "adagrad", "sgd") sets the optimizer state of dense and hashed tables
-    whose optimizer the report cannot read (FIITED collections and fused EBCs report their own).
+    whose optimizer the report cannot read (FIITED collections and fused EBCs report their own). Under
+    ``DistributedModelParallel`` each rank reports its own FIITED tables (its shard's store, or its rank-local
+    checkpoint); ``gather=True`` collects every rank's rows on rank 0 (modules named ``<module>[rank r]``, one
+    overall TOTAL) and returns None on the other ranks -- a collective: every rank must call it.
     """
-    return report_frame(collect(obj, optimizer))
+    if not gather:
+        return report_frame(collect(obj, optimizer))
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("memory_report(gather=True) gathers over torch.distributed ranks; the process group is not "
+                         "initialised (call it on every rank of a DistributedModelParallel run)")
+    mine = [(c.module, c.kind, c.rows, c.telemetry) for c in collect(obj, optimizer, allow_empty=True)]
+    rank = dist.get_rank()
+    gathered: Optional[List[Any]] = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(mine, gathered, dst=0)
+    if gathered is None:
+        return None
+    merged = [CollectionReport(f"{module}[rank {r}]", kind, [dict(row, module=f"{module}[rank {r}]") for row in rows],
+                               telemetry)
+              for r, part in enumerate(gathered) for module, kind, rows, telemetry in part]
+    if not merged:
+        raise ValueError("no embedding collections found on any rank")
+    return report_frame(merged)
