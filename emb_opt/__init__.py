@@ -3,6 +3,7 @@
 * ``FiitedEmbeddingBagCollection`` -- per-row, per-chunk embedding dimensions decided during training
   (FIITED) on a virtually-hashed, physically-indexed chunk store, within a memory budget;
 * ``convert(model, memory_budget=...)`` -- swap every ``EmbeddingBagCollection`` of a model for one;
+* ``export_inference(model)`` -- a read-only copy for serving: live chunks and row index only, traceable;
 * ``memory_report(module)`` / ``plot_memory_report(df, path)`` -- where the embedding memory goes;
 * ``save_checkpoint(obj, path)`` / ``load_checkpoint(path)`` -- atomic writes, reads that run no code.
 """
@@ -13,6 +14,7 @@ try:  # the TorchRec modules; without TorchRec (the GPU machines) the store, res
     from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
     from emb_opt.row_pruning import RowPruningEmbeddingBagCollection
     from emb_opt.convert import convert  # after the submodule import, so `emb_opt.convert` is the function
+    from emb_opt.inference import FiitedInferenceCollection, export_inference
     _TORCHREC_MISSING = None
 except ImportError as _error:
     if not (getattr(_error, "name", None) or "").startswith(("torchrec", "fbgemm")):
@@ -26,6 +28,8 @@ __all__ = [
     "FiitedEmbeddingBagCollection",
     "RowPruningEmbeddingBagCollection",
     "convert",
+    "export_inference",
+    "FiitedInferenceCollection",
     "memory_report",
     "plot_memory_report",
     "plot_telemetry",
@@ -48,7 +52,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    if name in ("FiitedEmbeddingBagCollection", "RowPruningEmbeddingBagCollection", "convert") and _TORCHREC_MISSING:
+    if name in ("FiitedEmbeddingBagCollection", "RowPruningEmbeddingBagCollection", "convert", "export_inference",
+                "FiitedInferenceCollection") and _TORCHREC_MISSING:
         raise ImportError(f"emb_opt.{name} needs TorchRec, which does not import here: {_TORCHREC_MISSING}")
     raise AttributeError(f"module 'emb_opt' has no attribute {name!r}")
 

@@ -37,7 +37,6 @@ import math
 from typing import Any, Dict, List, Tuple
 
 import torch
-from torch import nn
 
 from cuda_ext import ops
 from cuda_ext.layout import key_chunk, key_row, key_table, pack_row_key, row_of_key
@@ -45,13 +44,14 @@ from emb_opt import utility_sketch
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
 from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
+from emb_opt.store_base import ChunkStoreBase
 from emb_opt.store_checkpoint import checkpoint_problems, store_description
 from emb_opt.store_counters import COUNTER_NAMES, NUM_COUNTERS, StoreCounter
 
 _GROWTH = 1.5
 
 
-class VhpiChunkStore(nn.Module):
+class VhpiChunkStore(ChunkStoreBase):
     """Chunk pool + row index + utility sketch for the tables of one collection.
 
     Args:
@@ -77,6 +77,7 @@ class VhpiChunkStore(nn.Module):
         self.plan = plan
         self.table_names = list(table_names)
         self.max_chunks = max(table_chunks)
+        self.max_probe = config.max_probe
         self.pending_backward = 0  # forwards whose backward will still write through their slot matrix
         self.warned_full = False  # admission warns once per store when the budget denies chunks
         self.warned_nonfinite = False  # a skipped non-finite step is warned about once per store
@@ -104,20 +105,6 @@ class VhpiChunkStore(nn.Module):
         slots = max(1, min(self.config.initial_capacity, self.plan.max_slots))
         return self.plan.fit((1, 1), (slots, max(1, math.ceil(slots / self.max_chunks))))
 
-    def _apply(self, fn, recurse=True):
-        """Device moves apply; dtype casts (``.half()``, ``.double()``, ``.to(torch.bfloat16)``) do not: the pool,
-        optimizer state and utilities stay float32 (the kernels' type and the budget's accounting), so casting a
-        model neither rounds trained chunks nor changes its memory. The collection casts its output instead."""
-        probe = fn(torch.zeros(0, device=self.pool_weights.device))
-        if probe.dtype == torch.float32:
-            return super()._apply(fn, recurse)
-        return super()._apply(lambda t: t.to(device=probe.device), recurse)
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state["pending_backward"] = 0  # a copy (deepcopy, pickle) holds no autograd graph of earlier forwards
-        return state
-
     # ---- sizes and counters -----------------------------------------------------------------------------
     @property
     def capacity(self) -> int:
@@ -133,16 +120,6 @@ class VhpiChunkStore(nn.Module):
     def num_free(self) -> int:
         """Slots above the high-water mark (holes left by moved rows are reclaimed by the next resize)."""
         return self.capacity - self.counter(StoreCounter.HIGH_WATER)
-
-    @property
-    def num_live(self) -> int:
-        """Live chunks."""
-        return int(self.entry_chunks.sum())
-
-    @property
-    def num_rows(self) -> int:
-        """Rows holding at least one chunk."""
-        return int((self.entry_chunks > 0).sum())
 
     @property
     def step(self) -> int:
@@ -194,13 +171,6 @@ class VhpiChunkStore(nn.Module):
     def lookup(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Live chunk slots of each row: int32 [U, max_chunks], -1 past the live prefix."""
         return self.lookup_rows(row_keys)[1]
-
-    def lookup_rows(self, row_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(entries int32 [U] (-1: not stored), slots int32 [U, max_chunks]) of each row: its index entry (where
-        its per-row optimizer state is) and its live chunk slots -- one probe per row and its run expanded, in
-        one kernel (``vhpi_lookup_runs``)."""
-        return ops.vhpi_lookup_runs(self.hash_buckets, self.entry_keys, self.entry_first, self.entry_chunks, row_keys,
-                                    self.max_chunks, self.config.max_probe)
 
     def live_rows(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(entries, row keys, chunk counts) of every stored row, sorted by row key."""
@@ -415,26 +385,10 @@ class VhpiChunkStore(nn.Module):
         its buffers."""
         return store_description(self)
 
-    def set_extra_state(self, state: Any) -> None:
-        pass  # checked before the load (checkpoint_problems); nothing in it is state
-
     def checkpoint_problems(self, state_dict: Dict[str, Any], prefix: str) -> List[str]:
         """Why the store entries of ``state_dict`` (under ``prefix``) cannot be loaded into this store, if they
         cannot (``emb_opt.store_checkpoint``); empty when they can."""
         return checkpoint_problems(self, state_dict, prefix)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # nothing is changed unless the whole checkpoint is valid (a refused load leaves the training state intact)
-        problems = self.checkpoint_problems(state_dict, prefix)
-        if problems:
-            error_msgs.extend(problems)
-            return
-        # the pool's size changes during training: adopt the checkpoint's sizes before the copy
-        for name, buffer in list(self._buffers.items()):
-            key = prefix + name
-            if key in state_dict and buffer is not None and state_dict[key].shape != buffer.shape:
-                self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
 def run_positions(counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

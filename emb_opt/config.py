@@ -46,18 +46,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional
 
-from cuda_ext.layout import OPTIMIZER_CODES, UTILITY_CODES
-
 
 class OptimizerType(str, Enum):
+    """The fused sparse optimizers and the state each keeps (per chunk slot, per stored row, per dense row)."""
+
     SGD = "sgd"
     ADAGRAD = "adagrad"
     ROWWISE_ADAGRAD = "rowwise_adagrad"
-
-    @property
-    def code(self) -> int:
-        """The kernels' optimizer code (``cuda_ext.layout``)."""
-        return OPTIMIZER_CODES[self.value]
 
     def state_width(self, chunk_size: int) -> int:
         """Floats of optimizer state per chunk slot (Adagrad: one per weight)."""
@@ -79,14 +74,12 @@ _STATE_FLOATS = {"sgd": (0, 0), "adagrad": (1, 0), "rowwise_adagrad": (0, 1)}
 
 
 class UtilityRule(str, Enum):
+    """How a chunk earns its place: access count, mean gradient norm per access, or their product (the sum of
+    per-access gradient norms)."""
+
     FREQ = "freq"
     GRAD = "grad"
     FREQ_GRAD = "freq_grad"
-
-    @property
-    def code(self) -> int:
-        """The kernels' utility-rule code (``cuda_ext.layout``)."""
-        return UTILITY_CODES[self.value]
 
 
 MAX_INIT_SEED = 1 << 40  # the hashed init mixes the seed into 64-bit keys (emb_opt.hashed_init)

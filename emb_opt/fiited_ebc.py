@@ -20,7 +20,7 @@ get their gradient).
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -182,17 +182,32 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        """Pooled embeddings ``[B, sum of the features' dims]`` of ``features`` (see ``emb_opt.store_step``)."""
+        """Pooled embeddings ``[B, sum of the features' dims]`` of ``features`` (see ``emb_opt.store_step``).
+
+        The step is one call of ``fiited_pooled_embeddings``, a ``torch.fx.wrap``-ped function: under
+        ``torch.fx`` / ``torchrec.fx.symbolic_trace`` it is one node of the graph (taking this module and the
+        KJT), and the traced module runs the whole step -- checks, admission, resizes, counters and the fused
+        backward -- exactly as this forward does."""
+        values = fiited_pooled_embeddings(self, features)
+        return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=values)
+
+    def _pooled_values(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        """The forward's ``[B, out_dim]`` values: checks the KJT, puts its features in the collection's order and
+        runs the store's step (``_pooled``)."""
+        kjt, weights = self._checked_batch(features)
+        return self._pooled(kjt.values(), kjt.offsets(), weights, kjt.stride())
+
+    def _checked_batch(self, features: KeyedJaggedTensor) -> Tuple[KeyedJaggedTensor, Optional[torch.Tensor]]:
+        """The KJT with the collection's features in its order, and its per-sample weights (weighted collections)."""
         if features.variable_stride_per_key():
-            raise ValueError("FiitedEmbeddingBagCollection does not take variable batch sizes per feature (VBE)")
+            raise ValueError(f"{type(self).__name__} does not take variable batch sizes per feature (VBE)")
         kjt = self._ordered_features(features)
         weights = None
         if self._is_weighted:
             weights = kjt.weights_or_none()
             if weights is None:
                 raise ValueError("this collection is weighted (is_weighted=True) but the KJT carries no weights")
-        out = self._pooled(kjt.values(), kjt.offsets(), weights, kjt.stride())
-        return KeyedTensor(keys=self._embedding_names, length_per_key=self._feature_dims, values=out)
+        return kjt, weights
 
     @torch.compiler.disable
     def _pooled(self, values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor],
@@ -294,3 +309,15 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         if self.store.checkpoint_problems(state_dict, prefix + "store."):
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+@torch.fx.wrap
+def fiited_pooled_embeddings(module: torch.nn.Module, features: KeyedJaggedTensor) -> torch.Tensor:
+    """``module._pooled_values(features)``: the pooled ``[B, out_dim]`` values of a FIITED collection's forward
+    (``module``: a ``FiitedEmbeddingBagCollection``, or the read-only ``emb_opt.inference.FiitedInferenceCollection``).
+
+    A leaf of ``torch.fx`` tracing (``torch.fx.wrap``): the step is data-dependent (input checks, admission,
+    resizes, sizes that depend on the ids), so a traced graph holds it as one ``call_function`` node whose
+    arguments are the collection (a ``get_attr`` of the traced module) and the KJT; called from the graph it
+    runs the same step as an eager forward."""
+    return module._pooled_values(features)

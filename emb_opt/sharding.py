@@ -10,10 +10,13 @@ How it shards (``ShardedFiitedEmbeddingBagCollection``):
 * every table goes whole to one rank (``table_wise``); each rank builds a FIITED collection of its own tables
   -- its own VHPI store, resized independently -- with the tables' share of the budget (each table's share is
   proportional to its full-table bytes);
-* input dist: TorchRec's ``KJTAllToAll`` sends each feature's ids to the rank owning its table; compute: the
-  rank's FIITED lookup over the global batch; output dist: ``PooledEmbeddingsAllToAll`` sends the pooled
-  embeddings back (it carries the gradients in backward, where the fused optimizer runs). As with TorchRec's
-  sharded collections, embedding gradients are summed over ranks while DDP averages the dense ones;
+* input dist: TorchRec's table-wise ``TwSparseFeaturesDist`` (a ``KJTAllToAll``) sends each feature's ids to
+  the rank owning its table, as a ``KJTListSplitsAwaitable`` of one KJT -- what ``ShardedEmbeddingBagCollection``
+  returns, so ``TrainPipelineSparseDist`` runs it a batch ahead and fuses its splits all-to-all with the other
+  sharded modules'; compute: the rank's FIITED lookup over the global batch (a ``KJTList`` of that KJT);
+  output dist: ``PooledEmbeddingsAllToAll`` sends the pooled embeddings back (it carries the gradients in
+  backward, where the fused optimizer runs). As with TorchRec's sharded collections, embedding gradients are
+  summed over ranks while DDP averages the dense ones;
 * the planner sees honest sizes: ``shardable_parameters`` gives each table as a meta tensor of
   ``[ceil(share / (4 * dim)), dim]`` floats -- the table's budget share, not rows x dim;
 * ``state_dict`` holds the rank's store under the unsharded names (``store.*``); a sharded checkpoint is one
@@ -29,8 +32,10 @@ from typing import Any, Dict, List, Optional, Type
 
 import torch
 from torch import nn
-from torchrec.distributed.dist_data import KJTAllToAll, PooledEmbeddingsAllToAll
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
+from torchrec.distributed.embedding_sharding import KJTListSplitsAwaitable
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel, KJTList
+from torchrec.distributed.sharding.tw_sharding import TwSparseFeaturesDist
 from torchrec.distributed.types import (
     Awaitable,
     LazyAwaitable,
@@ -90,7 +95,7 @@ class _PooledAwaitable(LazyAwaitable[KeyedTensor]):
 
 
 class ShardedFiitedEmbeddingBagCollection(
-    ShardedModule[KeyedJaggedTensor, torch.Tensor, KeyedTensor, NullShardedModuleContext], FusedOptimizerModule
+    ShardedModule[KJTList, torch.Tensor, KeyedTensor, NullShardedModuleContext], FusedOptimizerModule
 ):
     """Table-wise sharded FIITED collection (see the module docstring)."""
 
@@ -131,7 +136,8 @@ class ShardedFiitedEmbeddingBagCollection(
                                                  is_weighted=module.is_weighted(), device=device)
             self.store = local.store  # state_dict keys as in the unsharded module: store.*
             object.__setattr__(self, "_local_module", local)  # not a child module: its store is registered above
-        self._kjt_dist = KJTAllToAll(env.process_group, [len(f) for f in features_per_rank])
+        # one table-wise input dist, as TorchRec's sharded collections keep them (the pipeline fuses their splits)
+        self._input_dists = nn.ModuleList([TwSparseFeaturesDist(env.process_group, [len(f) for f in features_per_rank])])
         self._emb_dist = PooledEmbeddingsAllToAll(env.process_group, [sum(d) for d in dims_per_rank], device=device)
         self._fused = FiitedFusedOptimizer(self.local) if self._has_local else None
         self._batch_width = sum(dims_per_rank[rank])
@@ -154,21 +160,24 @@ class ShardedFiitedEmbeddingBagCollection(
     def create_context(self) -> NullShardedModuleContext:
         return NullShardedModuleContext()
 
-    def input_dist(self, ctx: NullShardedModuleContext, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
+    def input_dist(self, ctx: NullShardedModuleContext, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KJTList]]:
+        """Starts sending each feature's ids to the rank owning its table (features in the sharded order first)."""
         if features.keys() != self._input_features:
             index = {k: i for i, k in enumerate(features.keys())}
             missing = [f for f in self._input_features if f not in index]
             if missing:
                 raise ValueError(f"the KeyedJaggedTensor lacks feature(s) {missing}; it has {features.keys()}")
             features = features.permute([index[f] for f in self._input_features])
-        return self._kjt_dist(features)
+        return KJTListSplitsAwaitable([dist(features) for dist in self._input_dists], ctx)
 
-    def compute(self, ctx: NullShardedModuleContext, dist_input: KeyedJaggedTensor) -> torch.Tensor:
+    def compute(self, ctx: NullShardedModuleContext, dist_input: KJTList) -> torch.Tensor:
+        """This rank's pooled lookup ``[global batch, width of its features]`` of the KJT its input dist brought."""
+        (features,) = dist_input
         if not self._has_local:
-            return torch.zeros(dist_input.stride(), 0, requires_grad=True)
+            return torch.zeros(features.stride(), 0, requires_grad=True)
         local = self.local
         local.train(self.training)
-        return local(dist_input).values()
+        return local(features).values()
 
     def output_dist(self, ctx: NullShardedModuleContext, output: torch.Tensor) -> LazyAwaitable[KeyedTensor]:
         return _PooledAwaitable(self._emb_dist(output), self._column_order, self._embedding_names, self._dims)

@@ -137,7 +137,7 @@ def _content_problems(store: Any, b: Dict[str, torch.Tensor], prefix: str) -> Li
     """Contents, in an order where each check may rely on the ones before it; the first failing check wins."""
     counters = b["counters"]
     slots, rows = b["pool_weights"].shape[0], b["entry_keys"].numel()
-    check = _Checker(prefix)
+    check = Checker(prefix)
     check.first_bad("counters", counters < 0, counters, "a counter must be >= 0")
     high_water, row_high_water = int(counters[StoreCounter.HIGH_WATER]), int(counters[StoreCounter.ROW_HIGH_WATER])
     check.that("counters", high_water <= slots,
@@ -150,60 +150,8 @@ def _content_problems(store: Any, b: Dict[str, torch.Tensor], prefix: str) -> Li
                <= int(counters[StoreCounter.DENIED_ADMISSIONS]), "denied_at_last_resize exceeds denied_admissions")
     if check.problems:
         return check.problems
-    keys, first, chunks = b["entry_keys"], b["entry_first"].to(torch.int64), b["entry_chunks"].to(torch.int64)
-    stored = chunks > 0
-    index = torch.arange(rows, device=keys.device)
-    check.first_bad("entry_chunks", chunks < 0, chunks, "a chunk count must be >= 0")
-    check.first_bad("entry_keys", ~stored & (keys != -1), keys, "an entry without chunks must have key -1")
-    check.first_bad("entry_chunks", stored & (index >= row_high_water), chunks,
-                    f"an entry at or past row_high_water {row_high_water} must be empty")
-    num_tables = store.table_rows.numel()
-    table = key_table(keys).clamp(0, num_tables - 1)
-    check.first_bad("entry_keys", stored & ((keys < 0) | (key_table(keys) >= num_tables)), keys,
-                    f"the key's table is not one of this store's {num_tables} tables")
-    if check.problems:
-        return check.problems
-    check.first_bad("entry_keys", stored & (key_chunk(keys) != 0), keys, "a row key's chunk bits must be 0")
-    check.first_bad("entry_keys", stored & (key_row(keys) >= store.table_rows[table]), keys,
-                    "the key's row is outside its table")
-    check.first_bad("entry_chunks", stored & (chunks > store.table_chunks[table].to(torch.int64)), chunks,
-                    "more chunks than the key's table has per row")
-    check.first_bad("entry_first", stored & ((first < 0) | (first + chunks > high_water)), first,
-                    f"the row's run of slots must lie inside [0, high_water = {high_water})")
-    if check.problems:
-        return check.problems
-    live = stored.nonzero().reshape(-1)
-    order = torch.argsort(first[live])
-    runs, ends = first[live][order], (first + chunks)[live][order]
-    overlap = (runs[1:] < ends[:-1]).nonzero().reshape(-1)
-    if overlap.numel():
-        e = int(live[order][int(overlap[0]) + 1])
-        check.problems.append(f"{prefix}entry_first[{e}] = {int(first[e])}: the row's slots overlap another row's run; "
-                              "no slot may belong to two rows")
-    sorted_keys = torch.sort(keys[live]).values
-    repeated = (sorted_keys[1:] == sorted_keys[:-1]).nonzero().reshape(-1)
-    if repeated.numel():
-        check.problems.append(f"{prefix}entry_keys: row key {int(sorted_keys[int(repeated[0])])} is stored twice")
-    if check.problems:
-        return check.problems
-    buckets = b["hash_buckets"].to(torch.int64)
-    check.first_bad("hash_buckets", (buckets < -1) | (buckets >= rows), buckets, f"must be -1 or an entry in [0, {rows})")
-    if not check.problems:
-        check.first_bad("hash_buckets", (buckets >= 0) & ~stored[buckets.clamp(min=0)], buckets,
-                        "points at an entry that holds no row")
-    if not check.problems:
-        used = buckets[buckets >= 0]
-        if used.numel() != live.numel() or torch.unique(used).numel() != used.numel():
-            check.problems.append(f"{prefix}hash_buckets: {used.numel()} buckets point at entries, but {live.numel()} "
-                                  "rows are stored; each stored row must be in exactly one bucket")
-    if not check.problems and live.numel():
-        found, _ = ops.vhpi_lookup_runs(b["hash_buckets"], keys, b["entry_first"], b["entry_chunks"], keys[live],
-                                        store.max_chunks, store.config.max_probe)
-        lost = (found.to(torch.int64) != live).nonzero().reshape(-1)
-        if lost.numel():
-            e = int(live[int(lost[0])])
-            check.problems.append(f"{prefix}hash_buckets: the row key {int(keys[e])} of entry {e} is not found by a "
-                                  f"probe of at most {store.config.max_probe} buckets; the hash table is damaged")
+    index_problems(check, b, store.table_rows, store.table_chunks, high_water, row_high_water, store.max_chunks,
+                   store.config.max_probe)
     if check.problems:
         return check.problems
     for name in ("pool_weights", "pool_state", "slot_utility", "entry_state", "sketch"):
@@ -215,7 +163,72 @@ def _content_problems(store: Any, b: Dict[str, torch.Tensor], prefix: str) -> Li
     return check.problems
 
 
-class _Checker:
+def index_problems(check: "Checker", b: Mapping[str, torch.Tensor], table_rows: torch.Tensor,
+                   table_chunks: torch.Tensor, high_water: int, row_high_water: int, max_chunks: int,
+                   max_probe: int) -> None:
+    """The row index of a store (training or inference) against its pool, into ``check``: each stored row's key
+    (its table exists, its row is inside the table, no chunk bits), chunk count (1..C_t), run of slots inside
+    ``[0, high_water)`` and owned by no other row, no key stored twice, empty entries (and every entry at or past
+    ``row_high_water``) empty; every hash bucket pointing at a stored entry, each entry in exactly one bucket and
+    found by a probe of at most ``max_probe`` buckets. Stops at the first group of checks that fails."""
+    keys, first, chunks = b["entry_keys"], b["entry_first"].to(torch.int64), b["entry_chunks"].to(torch.int64)
+    rows = keys.numel()
+    stored = chunks > 0
+    index = torch.arange(rows, device=keys.device)
+    check.first_bad("entry_chunks", chunks < 0, chunks, "a chunk count must be >= 0")
+    check.first_bad("entry_keys", ~stored & (keys != -1), keys, "an entry without chunks must have key -1")
+    check.first_bad("entry_chunks", stored & (index >= row_high_water), chunks,
+                    f"an entry at or past row_high_water {row_high_water} must be empty")
+    num_tables = table_rows.numel()
+    table = key_table(keys).clamp(0, num_tables - 1)
+    check.first_bad("entry_keys", stored & ((keys < 0) | (key_table(keys) >= num_tables)), keys,
+                    f"the key's table is not one of this store's {num_tables} tables")
+    if check.problems:
+        return
+    check.first_bad("entry_keys", stored & (key_chunk(keys) != 0), keys, "a row key's chunk bits must be 0")
+    check.first_bad("entry_keys", stored & (key_row(keys) >= table_rows[table]), keys,
+                    "the key's row is outside its table")
+    check.first_bad("entry_chunks", stored & (chunks > table_chunks[table].to(torch.int64)), chunks,
+                    "more chunks than the key's table has per row")
+    check.first_bad("entry_first", stored & ((first < 0) | (first + chunks > high_water)), first,
+                    f"the row's run of slots must lie inside [0, high_water = {high_water})")
+    if check.problems:
+        return
+    live = stored.nonzero().reshape(-1)
+    order = torch.argsort(first[live])
+    runs, ends = first[live][order], (first + chunks)[live][order]
+    overlap = (runs[1:] < ends[:-1]).nonzero().reshape(-1)
+    if overlap.numel():
+        e = int(live[order][int(overlap[0]) + 1])
+        check.problems.append(f"{check.prefix}entry_first[{e}] = {int(first[e])}: the row's slots overlap another "
+                              "row's run; no slot may belong to two rows")
+    sorted_keys = torch.sort(keys[live]).values
+    repeated = (sorted_keys[1:] == sorted_keys[:-1]).nonzero().reshape(-1)
+    if repeated.numel():
+        check.problems.append(f"{check.prefix}entry_keys: row key {int(sorted_keys[int(repeated[0])])} is stored twice")
+    if check.problems:
+        return
+    buckets = b["hash_buckets"].to(torch.int64)
+    check.first_bad("hash_buckets", (buckets < -1) | (buckets >= rows), buckets, f"must be -1 or an entry in [0, {rows})")
+    if not check.problems:
+        check.first_bad("hash_buckets", (buckets >= 0) & ~stored[buckets.clamp(min=0)], buckets,
+                        "points at an entry that holds no row")
+    if not check.problems:
+        used = buckets[buckets >= 0]
+        if used.numel() != live.numel() or torch.unique(used).numel() != used.numel():
+            check.problems.append(f"{check.prefix}hash_buckets: {used.numel()} buckets point at entries, but "
+                                  f"{live.numel()} rows are stored; each stored row must be in exactly one bucket")
+    if not check.problems and live.numel():
+        found, _ = ops.vhpi_lookup_runs(b["hash_buckets"], keys, b["entry_first"], b["entry_chunks"], keys[live],
+                                        max_chunks, max_probe)
+        lost = (found.to(torch.int64) != live).nonzero().reshape(-1)
+        if lost.numel():
+            e = int(live[int(lost[0])])
+            check.problems.append(f"{check.prefix}hash_buckets: the row key {int(keys[e])} of entry {e} is not found "
+                                  f"by a probe of at most {max_probe} buckets; the hash table is damaged")
+
+
+class Checker:
     """Collects problems as '<prefix><buffer>[<first bad position>] = <value>: <why>'."""
 
     def __init__(self, prefix: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from cuda_ext import ops
+from cuda_ext.layout import OPTIMIZER_CODES, UTILITY_CODES
 from emb_opt.admission import admit
 from emb_opt.chunk_store import VhpiChunkStore
 from emb_opt.store_counters import StoreCounter
@@ -186,8 +187,8 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
     candidate, weight_grad = ops.chunk_bag_backward_update_(
         store.pool_weights, store.optimizer_state, store.slot_utility, grad_out, plan.slots, plan.row_keys,
         plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
-        layout.feature_cols, plan.batch_size, layout.pooling_mode, config.optimizer.code,
-        config.learning_rate, config.eps, config.utility.code, need_weight_grad, plan.entries,
+        layout.feature_cols, plan.batch_size, layout.pooling_mode, OPTIMIZER_CODES[config.optimizer.value],
+        config.learning_rate, config.eps, UTILITY_CODES[config.utility.value], need_weight_grad, plan.entries,
     )
     wanting = (plan.slots >= 0).sum(1) < store.chunks_of(plan.row_keys)
     if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks

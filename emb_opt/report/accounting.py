@@ -20,12 +20,15 @@ _CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_state"
 
 def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequence[Dict[str, Any]],
                 chunk_size: int, optimizer: OptimizerType, kind: str = "fiited",
-                layout_bytes: int = 0) -> List[Dict[str, Any]]:
+                layout_bytes: int = 0, optimizer_label: Optional[str] = None) -> List[Dict[str, Any]]:
     """Rows of one FIITED store from its buffers (``store.named_buffers()`` or a state_dict's ``store.*``).
 
     ``tables``: dicts with ``name``, ``num_embeddings``, ``embedding_dim`` in the store's table order;
-    ``kind``: "fiited", or "rowprune" for the row-pruning baseline (the same store with one chunk per row);
-    ``layout_bytes``: the collection's own buffers (its feature layout), shared metadata.
+    ``kind``: "fiited", "rowprune" for the row-pruning baseline (the same store with one chunk per row), or
+    "fiited_inference" for an exported store (``emb_opt.inference_store``: no optimizer state or utilities --
+    buffers a store does not have count 0 bytes);
+    ``layout_bytes``: the collection's own buffers (its feature layout), shared metadata;
+    ``optimizer_label``: the optimizer column, when not ``optimizer``'s name (an export: "none").
     """
     entry_keys, entry_chunks = buffers["entry_keys"].detach().cpu(), buffers["entry_chunks"].detach().cpu()
     stored = entry_chunks > 0
@@ -37,16 +40,20 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
     for name, tensor in buffers.items():
         cat_total[_CATEGORY.get(name, "metadata")] += nbytes(tensor)
     cat_total["metadata"] += layout_bytes
+
+    def size(name: str) -> int:  # a buffer the store does not have (an export's optimizer state) counts 0
+        return nbytes(buffers[name]) if name in buffers else 0
+
     per_slot = {
-        "weights": nbytes(buffers["pool_weights"]) // capacity,
-        "optimizer": nbytes(buffers["pool_state"]) // capacity,
-        "utility": nbytes(buffers["slot_utility"]) // capacity,
+        "weights": size("pool_weights") // capacity,
+        "optimizer": size("pool_state") // capacity,
+        "utility": size("slot_utility") // capacity,
     }
-    per_row = sum(nbytes(buffers[n]) for n in ("entry_keys", "entry_first", "entry_chunks")) // row_capacity
-    state_per_row = nbytes(buffers["entry_state"]) // row_capacity
-    bucket_bytes = nbytes(buffers["hash_buckets"])
+    per_row = sum(size(n) for n in ("entry_keys", "entry_first", "entry_chunks")) // row_capacity
+    state_per_row = size("entry_state") // row_capacity
+    bucket_bytes = size("hash_buckets")
     rows: List[Dict[str, Any]] = []
-    opt = optimizer.value
+    opt = optimizer_label or optimizer.value
     for t, spec in enumerate(tables):
         per_row_chunks = row_chunks[table_of == t]
         live, stored_rows = int(per_row_chunks.sum()), int(per_row_chunks.numel())

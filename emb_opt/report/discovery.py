@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from emb_opt.config import OptimizerType, parse_optimizer
+from emb_opt.inference_store import INFERENCE_KIND, INFERENCE_LAYOUT_VERSION, INFERENCE_STATE, TABLE_STATE
 from emb_opt.report.accounting import dense_rows, fiited_rows, fused_optimizer_state
 from emb_opt.report.rows import CollectionReport, report_frame
 from emb_opt.store_checkpoint import LAYOUT_VERSION, STORE_STATE
@@ -32,11 +33,29 @@ def _fiited_from_module(name: str, module: nn.Module) -> CollectionReport:
     return CollectionReport(name, kind, rows, list(module.telemetry))
 
 
+def _inference_rows(name: str, buffers: Mapping[str, Any], tables: Any, chunk_size: int,
+                    layout_bytes: int) -> CollectionReport:
+    """An exported FIITED collection (``emb_opt.inference``): weights, index and metadata; its full bytes are
+    the dense fp32 tables (no optimizer state: nothing trains them)."""
+    rows = fiited_rows(name, buffers, tables, chunk_size, OptimizerType.SGD, INFERENCE_KIND, layout_bytes,
+                       optimizer_label="none")
+    return CollectionReport(name, INFERENCE_KIND, rows)
+
+
+def _inference_from_module(name: str, module: nn.Module) -> CollectionReport:
+    tables = [{"name": t.name, "num_embeddings": t.num_embeddings, "embedding_dim": t.embedding_dim}
+              for t in module.embedding_bag_configs()]
+    return _inference_rows(name, dict(module.store.named_buffers()), tables, module.store.chunk_size,
+                           module.memory_bytes() - module.store.total_bytes())
+
+
 def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionReport:
     store_prefix = prefix + "store."
     buffers = {k[len(store_prefix):]: v for k, v in sd.items()
                if k.startswith(store_prefix) and "." not in k[len(store_prefix):] and isinstance(v, torch.Tensor)}
     store = sd.get(store_prefix + "_extra_state")
+    if isinstance(store, Mapping) and store.get("kind") == INFERENCE_KIND:
+        return _inference_from_state_dict(prefix, sd, buffers, store)
     if not isinstance(store, Mapping) or store.get("layout_version") != LAYOUT_VERSION:
         found = store.get("layout_version") if isinstance(store, Mapping) else None
         raise ValueError(f"{store_prefix}_extra_state: the checkpoint's store layout_version is {found!r}; this "
@@ -65,15 +84,38 @@ def _fiited_from_state_dict(prefix: str, sd: Mapping[str, Any]) -> CollectionRep
     return CollectionReport(name, kind, rows, list(extra.get("telemetry") or []))
 
 
+def _inference_from_state_dict(prefix: str, sd: Mapping[str, Any], buffers: Mapping[str, Any],
+                               store: Mapping[str, Any]) -> CollectionReport:
+    store_prefix = prefix + "store."
+    if store.get("layout_version") != INFERENCE_LAYOUT_VERSION:
+        raise ValueError(f"{store_prefix}_extra_state: the checkpoint's inference layout_version is "
+                         f"{store.get('layout_version')!r}; this version reads layout_version {INFERENCE_LAYOUT_VERSION} only")
+    missing = [store_prefix + n for n in INFERENCE_STATE + TABLE_STATE if n not in buffers]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: not in the checkpoint, which holds the rest of a FIITED inference "
+                         "store; a store is reported whole or not at all")
+    extra = sd.get(prefix + "_extra_state")
+    extra = extra if isinstance(extra, Mapping) else {}
+    chunk_size = int(store["chunk_size"])
+    tables = extra.get("tables") or [
+        {"name": f"table{i}", "num_embeddings": r, "embedding_dim": k * chunk_size}
+        for i, (r, k) in enumerate(zip(buffers["table_rows"].tolist(), buffers["table_chunks"].tolist()))]
+    name = prefix[:-1] if prefix.endswith(".") else prefix
+    return _inference_rows(name, buffers, tables, chunk_size, int(extra.get("layout_bytes") or 0))
+
+
 def _collection_kind(module: nn.Module) -> Optional[str]:
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     from emb_opt.fiited_ebc import FiitedEmbeddingBagCollection
+    from emb_opt.inference import FiitedInferenceCollection
     from emb_opt.sharding import ShardedFiitedEmbeddingBagCollection
 
     if isinstance(module, (FiitedEmbeddingBagCollection, ShardedFiitedEmbeddingBagCollection)):
         return "fiited"
+    if isinstance(module, FiitedInferenceCollection):
+        return INFERENCE_KIND
     try:
         from hashing.hashed_ebc import HashedEmbeddingBagCollection
     except ImportError:  # the hashing package is optional for the report
@@ -105,9 +147,13 @@ def _from_module(root: nn.Module, optimizer: OptimizerType) -> List[CollectionRe
         kind = _collection_kind(module)
         ebc = module.collection if kind == "hashed" else module
         inner = _collection_kind(ebc) if kind == "hashed" else kind
-        if kind is None or inner not in ("fiited", "dense", "fused") or (kind == "hashed" and inner == "fiited"):
+        fiited_inner = inner in ("fiited", INFERENCE_KIND)
+        if kind is None or not (fiited_inner or inner in ("dense", "fused")) or (kind == "hashed" and fiited_inner):
             continue  # not a collection, or hashing in front of a FIITED one: that one is found on its own
         inside.append(name)
+        if kind == INFERENCE_KIND:
+            found.append(_inference_from_module(name, module))
+            continue
         if kind == "fiited":
             local = _local_fiited(module)
             if local is not None:  # a sharded collection reports this rank's tables (none: nothing here)
