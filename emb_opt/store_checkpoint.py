@@ -56,6 +56,9 @@ def checkpoint_problems(store: Any, state_dict: Mapping[str, Any], prefix: str) 
     if not present:
         return []  # nothing of this store in the checkpoint (strict loads name the missing keys)
     description = state_dict.get(prefix + "_extra_state")
+    if isinstance(description, Mapping) and description.get("kind") == "fiited_inference":
+        return [f"{where}_extra_state: the checkpoint is an inference export (emb_opt.export_inference: live chunks, "
+                "no training state); it loads into an export of the model, not into a training collection"]
     if not isinstance(description, Mapping) or "layout_version" not in description:
         return [f"{where}_extra_state: the checkpoint does not say its store layout version; only layout_version "
                 f"{LAYOUT_VERSION} loads (a checkpoint of an unreleased layout, or not of a FIITED store)"]

@@ -193,6 +193,12 @@ def test_export_state_dict_loads_into_a_fresh_export_and_refuses_a_training_chec
     with pytest.raises(RuntimeError, match="training checkpoint of a FIITED store.*export_inference"):
         fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh(dense, kjt), expected)
+    # and the other way round: an export does not load into a training model, which keeps its state
+    model.eval()
+    before = model(dense, kjt)
+    with pytest.raises(RuntimeError, match="the checkpoint is an inference export"):
+        model.load_state_dict(checkpoint)
+    assert torch.equal(model(dense, kjt), before)
     prefix = "sparse_arch.embedding_bag_collection.store."
     damaged = [
         ({prefix + "_extra_state": dict(checkpoint[prefix + "_extra_state"], layout_version=2)}, "layout_version 2"),
