@@ -6,6 +6,11 @@ implementation in ``cuda_ext.reference`` -- saying so once with a warning, so a 
 correctness. Tests hold the kernels to the references on random inputs (``tests/test_kernels_*.py``).
 
 Set ``EMB_OPT_DISABLE_EXTENSION=1`` to force the references (e.g. to compare).
+
+Every op checks its index arguments before it touches memory (``csrc/common/check_mode.h``):
+``set_index_check_mode("ids")`` lets the CUDA ops trust the indices emb_opt's own ops produce (no device
+read-backs for them); the default ``"all"`` checks everything everywhere. The key layout and the ops' integer codes
+are in ``cuda_ext.layout``; fake (meta) implementations of every op, for tracing, in ``cuda_ext.fake``.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ if os.environ.get("EMB_OPT_DISABLE_EXTENSION") != "1":
         _C = importlib.import_module("cuda_ext._C")  # importing registers torch.ops.emb_opt.*
     except ImportError as error:  # not built, or built against another torch
         _load_error = error
+    else:
+        importlib.import_module("cuda_ext.fake")
 else:
     _load_error = RuntimeError("disabled by EMB_OPT_DISABLE_EXTENSION=1")
 
@@ -67,9 +74,28 @@ def adopt_registered_operators(with_cuda: bool) -> None:
     its Python) and loads them with ``torch.ops.load_library``; after this call ``ops.<name>`` uses them.
     """
     global _C, _load_error
-    getattr(torch.ops.emb_opt, "vhpi_lookup")  # raises if no library registered the operators
+    getattr(torch.ops.emb_opt, "chunk_bag_forward")  # raises if no library registered the operators
+    importlib.import_module("cuda_ext.fake")
     _C = type("RegisteredOperators", (), {"with_cuda": bool(with_cuda)})()
     _load_error = None
+
+
+def index_check_mode() -> str:
+    """``"all"`` (every op checks every index argument) or ``"ids"`` (the CUDA ops check user-facing ids only)."""
+    return _check_mode_module().index_check_mode()
+
+
+def set_index_check_mode(mode: str) -> None:
+    """Set how thoroughly the ops check their index arguments (``csrc/common/check_mode.h``): ``"all"`` (default)
+    or ``"ids"``. The CPU ops check everything in both modes."""
+    _check_mode_module().set_index_check_mode(mode)
+
+
+def _check_mode_module() -> Any:
+    if _C is None or not hasattr(_C, "set_index_check_mode"):
+        raise RuntimeError("the index check mode is set on cuda_ext._C; operators loaded another way read it from "
+                           "the environment variable EMB_OPT_INDEX_CHECKS (\"all\" or \"ids\") when they load")
+    return _C
 
 
 class _Ops:
@@ -85,4 +111,4 @@ class _Ops:
 ops = _Ops()
 
 __all__ = ["ops", "reference", "extension_loaded", "extension_with_cuda", "extension_status",
-           "adopt_registered_operators"]
+           "adopt_registered_operators", "index_check_mode", "set_index_check_mode"]

@@ -4,8 +4,13 @@ The lent GPU machines get a bare checkout (no ``cuda_ext._C``; their Python is 3
 build from elsewhere would not load anyway). ``build_native_ops()`` compiles every ``cuda_ext/csrc/**/*.cpp`` and
 ``*.cu`` with ``torch.utils.cpp_extension.load`` into a build dir (default ``/tmp/emb_opt_cuda_build``, kept
 between calls on a warm machine: a second call only links/loads) and loads the library, whose static
-initialisers register ``torch.ops.emb_opt.*`` for CPU and CUDA. Import this module BEFORE ``cuda_ext``: it sets
-``EMB_OPT_DISABLE_EXTENSION=1`` so that ``cuda_ext`` never tries to load a second copy of the operators.
+initialisers register ``torch.ops.emb_opt.*`` for CPU and CUDA; ``cuda_ext.adopt_registered_operators`` then makes
+``cuda_ext.ops`` use them. Importing this module sets ``EMB_OPT_DISABLE_EXTENSION=1`` (unless set), so that a
+``cuda_ext`` imported afterwards never loads a second copy of the operators.
+
+The kernel suite builds through it on a machine without ``cuda_ext._C`` (tests/kernel_cases.py):
+
+    EMB_OPT_BUILD_OPS=1 python -m pytest -q tests/test_kernels_*.py tests/test_kernel_error_messages.py
 """
 from __future__ import annotations
 

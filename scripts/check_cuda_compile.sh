@@ -8,11 +8,11 @@
 # <ATen/cuda/CUDAContext.h>: the latter pulls cusparse.h, which this toolkit lacks.
 #
 # Usage: scripts/check_cuda_compile.sh [file.cu ...]   (default: all of them)
-#   PYTHON=/path/to/python (default /tmp/venv/bin/python, else python3), NVCC=nvcc, ARCH=sm_90,
+#   PYTHON=/path/to/python (default: the repository's .venv, else python3), NVCC=nvcc, ARCH=sm_90,
 #   JOBS=<parallel compiles> (default: number of CPUs, at most 4), KEEP=1 keeps the temp dir.
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-/tmp/venv/bin/python}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 NVCC="${NVCC:-nvcc}"
 ARCH="${ARCH:-sm_90}"

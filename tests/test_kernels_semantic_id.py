@@ -1,14 +1,15 @@
-"""semantic_id_tokens (csrc/semantic_id) held to its reference, and the reference to apply_plan (the
-parameterizations' own arithmetic), on random code tables with ids that have no code."""
+"""semantic_id_tokens (csrc/semantic_id) on every device (tests/kernel_cases.py) held to its reference, and the
+reference to apply_plan (the parameterizations' own arithmetic), on random code tables with ids that have no
+code, for every code-based parameterization."""
 import pytest
 import torch
 
-import cuda_ext
+from kernel_cases import DEVICES, assert_same, call, on, ops, requires_extension
+
 from cuda_ext import reference
 from semantic_id.parameterizations import CODE_PARAMETERIZATIONS, apply_plan, token_plan
 
-pytestmark = pytest.mark.skipif(not cuda_ext.extension_loaded(), reason="native extension not built")
-ops = torch.ops.emb_opt
+pytestmark = requires_extension
 
 
 def plan_args(plan, H, feature_offset):
@@ -16,10 +17,11 @@ def plan_args(plan, H, feature_offset):
             plan.codebook_size, H)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", CODE_PARAMETERIZATIONS)
 @pytest.mark.parametrize("levels,K,H,feature_offset", [(3, 16, None, 0), (4, 256, 5000, 17), (6, 2048, 10**9 + 7, 3)])
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
-def test_tokens_match_reference_and_apply_plan(name, levels, K, H, feature_offset, id_dtype):
+def test_tokens_match_reference_and_apply_plan(device, name, levels, K, H, feature_offset, id_dtype):
     if name in ("trigram", "fourgram") and levels < (3 if name == "trigram" else 4):
         pytest.skip("needs more levels")
     gen = torch.Generator().manual_seed(levels * K)
@@ -29,9 +31,10 @@ def test_tokens_match_reference_and_apply_plan(name, levels, K, H, feature_offse
     codes[torch.randperm(500, generator=gen)[:40], 0] = -1  # ids without a code
     ids = torch.randint(-3, 560, (3000,), generator=gen).to(id_dtype)
     args = plan_args(plan, H, feature_offset)
-    got, first = ops.semantic_id_tokens(ids, codes, *args)
+    got, first = call(device, ops.semantic_id_tokens, *on(device, ids, codes), *args)
     want, want_first = reference.semantic_id_tokens(ids, codes, *args)
-    assert torch.equal(got, want) and torch.equal(first, want_first)
+    assert_same(got, want, "tokens")
+    assert_same(first, want_first, "first unknown id")
     flat = ids.long()
     known = (flat >= 0) & (flat < 500)
     known[known.clone()] &= codes[flat[known], 0] >= 0
@@ -40,12 +43,15 @@ def test_tokens_match_reference_and_apply_plan(name, levels, K, H, feature_offse
     assert (want[~known] == -1).all()
 
 
-def test_all_known_and_empty():
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_known_and_empty(device):
     plan = token_plan("prefix_ngram", 3, 8)
-    codes = torch.randint(0, 8, (50, 3))
-    tokens, first = ops.semantic_id_tokens(torch.arange(50), codes, *plan_args(plan, plan.space, 0))
+    codes = torch.randint(0, 8, (50, 3), device=device)
+    tokens, first = call(device, ops.semantic_id_tokens, torch.arange(50, device=device), codes,
+                         *plan_args(plan, plan.space, 0))
     assert int(first) == -1 and tokens.shape == (50, 3) and (tokens >= 0).all()
-    empty, first = ops.semantic_id_tokens(torch.zeros(0, dtype=torch.int64), codes, *plan_args(plan, plan.space, 0))
+    empty, first = ops.semantic_id_tokens(torch.zeros(0, dtype=torch.int64, device=device), codes,
+                                          *plan_args(plan, plan.space, 0))
     assert empty.shape == (0, 3) and int(first) == -1
 
 

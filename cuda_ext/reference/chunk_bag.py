@@ -1,4 +1,5 @@
-"""Reference of the chunk-bag ops (``csrc/chunk_bag``): contracts and shapes in ``chunk_bag_ops.cpp``.
+"""Reference of the chunk-bag ops (``csrc/chunk_bag``): contracts and shapes in ``chunk_bag_ops.cpp``, argument
+checks (the C++ ones, same messages) in ``cuda_ext.reference.chunk_bag_checks``.
 
 Written with vectorised torch ops; per-slot results may differ from the C++ kernels by float rounding only
 (sums run in the same occurrence order, norms may be reduced in another order).
@@ -9,10 +10,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from cuda_ext.reference.vhpi import key_table, pack_row_key
+from cuda_ext.layout import OPTIMIZER_CODES, POOLING_CODES, UTILITY_CODES, key_table, pack_row_key
+from cuda_ext.reference.chunk_bag_checks import check_backward_args, check_forward_args, check_unique_args
 
-SGD, ADAGRAD, ROWWISE_ADAGRAD = 0, 1, 2
-UTILITY_FREQ, UTILITY_GRAD, UTILITY_FREQ_GRAD = 0, 1, 2
+SGD, ADAGRAD = OPTIMIZER_CODES["sgd"], OPTIMIZER_CODES["adagrad"]
+UTILITY_FREQ, UTILITY_GRAD = UTILITY_CODES["freq"], UTILITY_CODES["grad"]
+MEAN = POOLING_CODES["mean"]
 
 
 def _bag_of_occurrence(offsets: torch.Tensor) -> torch.Tensor:
@@ -27,12 +30,7 @@ def chunk_bag_unique(
     table_rows: torch.Tensor,
     batch_size: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if values.dtype not in (torch.int32, torch.int64):
-        raise RuntimeError(f"chunk_bag_unique: values must be int32 or int64, got {values.dtype}")
-    num_bags = feature_table.numel() * batch_size
-    if offsets.numel() != num_bags + 1:
-        raise RuntimeError(f"chunk_bag: offsets must have F*B+1 = {num_bags + 1} entries, got {offsets.numel()}")
-    nnz = int(offsets[-1])
+    nnz = check_unique_args(values, offsets, feature_table, table_rows, batch_size)
     occ_bag = _bag_of_occurrence(offsets.to(torch.int64))
     ids = values[:nnz].to(torch.int64)
     tables = feature_table.to(torch.int64)[occ_bag // max(batch_size, 1)] if nnz else occ_bag
@@ -61,7 +59,7 @@ def chunk_bag_unique(
 
 def _occurrence_scale(offsets: torch.Tensor, occ_bag: torch.Tensor, weights: Optional[torch.Tensor], pooling_mode: int, nnz: int) -> torch.Tensor:
     scale = weights[:nnz].float().clone() if weights is not None else torch.ones(nnz)
-    if pooling_mode == 1:
+    if pooling_mode == MEAN:
         lengths = (offsets[1:] - offsets[:-1]).float()
         scale = scale / lengths[occ_bag.to(torch.int64)]
     return scale
@@ -87,6 +85,8 @@ def chunk_bag_forward(
     out_dim: int,
     pooling_mode: int,
 ) -> torch.Tensor:
+    check_forward_args(pool, slots, inverse, offsets, weights, feature_table, table_chunks, feature_cols, batch_size,
+                       out_dim, pooling_mode)
     c = pool.shape[1]
     max_chunks = slots.shape[1]
     nnz = int(offsets[-1])
@@ -127,9 +127,10 @@ def chunk_bag_backward_update_(
     need_weight_grad: bool,
     row_entries: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_backward_args(pool, optim_state, slot_utility, grad_out, slots, row_keys, unique_offsets, unique_occ, occ_bag,
+                        offsets, weights, table_chunks, feature_cols, batch_size, pooling_mode, optimizer, utility_rule,
+                        row_entries)
     c = pool.shape[1]
-    if optimizer == ROWWISE_ADAGRAD and row_entries is None:
-        raise RuntimeError("chunk_bag_backward: row-wise Adagrad needs row_entries (the accumulator of each unique row)")
     num_unique, max_chunks = slots.shape
     nnz = unique_occ.numel()
     offsets = offsets.to(torch.int64)
@@ -141,7 +142,7 @@ def chunk_bag_backward_update_(
     chunks = table_chunks.to(torch.int64)[key_table(row_keys)]  # [U]
     live = (slots >= 0).to(torch.int64).cumprod(1).sum(1).clamp(max=chunks)  # [U]
     _, samples, cols = _feature_columns(occ_bag64, batch_size, feature_cols, c, max_chunks)
-    cols = cols.clamp(max=grad_out.shape[1] - 1)
+    cols = cols.clamp(max=grad_out.shape[1] - 1)  # columns past a row's chunks are read, then masked out
     g_rows = grad_out.float()[samples.unsqueeze(1), cols].reshape(nnz, max_chunks, c)  # unscaled slices
     weight_grad = torch.empty(0)
     if need_weight_grad:
@@ -149,7 +150,7 @@ def chunk_bag_backward_update_(
         mask = torch.arange(max_chunks).unsqueeze(0) < live[owner].unsqueeze(1)
         emb = pool[row_slots.clamp(min=0)] * mask.unsqueeze(-1)
         weight_grad = (g_rows * emb).sum((1, 2))
-        if pooling_mode == 1:
+        if pooling_mode == MEAN:
             weight_grad = weight_grad / (offsets[1:] - offsets[:-1]).float()[occ_bag64]
     scale = _occurrence_scale(offsets, occ_bag, weights, pooling_mode, nnz)
     g_occ = g_rows * scale.view(-1, 1, 1)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from cuda_ext.reference.checks import position
+
 _M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _M2 = 0x94D049BB133111EB - (1 << 64)
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -43,6 +45,6 @@ def mix_hash(ids: torch.Tensor, num_buckets: int, seed: int) -> torch.Tensor:
         raise ValueError(f"mix_hash: num_buckets must be >= 1, got {num_buckets}")
     if ids.numel() and int(ids.min()) < 0:
         flat = ids.reshape(-1)
-        position = int((flat < 0).nonzero()[0, 0])
-        raise ValueError(f"mix_hash: ids must be >= 0, got id {int(flat[position])} at flat position {position}")
+        first = int((flat < 0).nonzero()[0, 0])
+        raise ValueError(f"mix_hash: ids must be >= 0, got ids{position(ids.shape, first)} = {int(flat[first])}")
     return seeded_hash63(ids, seed) % num_buckets

@@ -15,6 +15,23 @@ import torch
 MAX_TOKENS = 16
 
 
+def horner_tokens(codes: torch.Tensor, starts: Sequence[int], lengths: Sequence[int], token_offsets: Sequence[int],
+                  add: int, codebook_size: int, num_buckets: int) -> torch.Tensor:
+    """Tokens ``[n, T]`` of code rows ``codes [n, L]`` (int64, >= 0): token t is the Horner form over levels
+    ``starts[t] .. + lengths[t]`` of ``code + add`` in base K, reduced mod H at every step, plus ``token_offsets[t]``
+    (reduced mod H), mod H -- the arithmetic of ``semantic_id_tokens.h`` and of ``apply_plan``."""
+    K, H = int(codebook_size), int(num_buckets)
+    columns: List[torch.Tensor] = []
+    for start, length, offset in zip(starts, lengths, token_offsets):
+        value = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
+        for s in range(start, start + length):
+            value = torch.remainder(value * K + codes[:, s] + add, H)
+        columns.append(torch.remainder(value + offset, H))
+    if not codes.shape[0]:
+        return torch.zeros(0, len(columns), dtype=torch.int64, device=codes.device)
+    return torch.stack(columns, 1)
+
+
 def semantic_id_tokens(ids: torch.Tensor, codes: torch.Tensor, starts: Sequence[int], lengths: Sequence[int],
                        token_offsets: Sequence[int], add: int, codebook_size: int,
                        num_buckets: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -28,9 +45,12 @@ def semantic_id_tokens(ids: torch.Tensor, codes: torch.Tensor, starts: Sequence[
     K, H = int(codebook_size), int(num_buckets)
     if K < 1 or H < 1 or add not in (0, 1):
         raise ValueError("semantic_id_tokens: codebook_size, num_buckets >= 1 and add in {0, 1}")
+    if H > (2**63 - 1 - 2 * K) // K:  # v * K + code + add must fit int64
+        raise ValueError("semantic_id_tokens: num_buckets x codebook_size overflows int64")
     for t, (start, length, offset) in enumerate(zip(starts, lengths, token_offsets)):
         if start < 0 or length < 1 or start + length > codes.shape[1]:
-            raise ValueError(f"semantic_id_tokens: token {t} reads code levels [{start}, {start + length}) of {codes.shape[1]}")
+            raise ValueError(f"semantic_id_tokens: token {t} reads code levels [{start}, {start + length}) of "
+                             f"{codes.shape[1]}")
         if not 0 <= offset < H:
             raise ValueError(f"semantic_id_tokens: token_offsets[{t}] = {offset} is not reduced mod {H}")
     flat = ids.reshape(-1).to(torch.int64)
@@ -40,13 +60,7 @@ def semantic_id_tokens(ids: torch.Tensor, codes: torch.Tensor, starts: Sequence[
         torch.full((flat.numel(), codes.shape[1]), -1, dtype=torch.int64, device=flat.device)
     known = in_range & (rows[:, 0] >= 0)
     rows = rows.clamp_min(0)
-    columns: List[torch.Tensor] = []
-    for start, length, offset in zip(starts, lengths, token_offsets):
-        value = torch.zeros(flat.numel(), dtype=torch.int64, device=flat.device)
-        for s in range(start, start + length):
-            value = torch.remainder(value * K + rows[:, s] + add, H)
-        columns.append(torch.remainder(value + offset, H))
-    tokens = torch.stack(columns, 1) if flat.numel() else torch.zeros(0, T, dtype=torch.int64, device=flat.device)
+    tokens = horner_tokens(rows, starts, lengths, token_offsets, add, K, H)
     tokens = torch.where(known.unsqueeze(1), tokens, torch.full_like(tokens, -1))
     unknown = (~known).nonzero()
     first = int(unknown[0, 0]) if unknown.numel() else -1

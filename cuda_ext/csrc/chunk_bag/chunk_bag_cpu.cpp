@@ -10,24 +10,11 @@
 #include <tuple>
 #include <vector>
 
-#include "chunk_bag/chunk_bag_checks.h"
-#include "common/checks.h"
-#include "common/vhpi_key.h"
+#include "chunk_bag/chunk_bag_entry.h"
+#include "common/layout.h"
 
 namespace emb_opt {
 namespace {
-
-void check_offsets(const at::Tensor& offsets, int64_t nnz, int64_t num_bags) {
-  EMB_OPT_CHECK_DTYPE(offsets, at::kLong, "chunk_bag: offsets");
-  EMB_OPT_CHECK(offsets.numel() == num_bags + 1, "chunk_bag: offsets must have F*B+1 = ", num_bags + 1,
-              " entries, got ", offsets.numel());
-  const int64_t* o = offsets.data_ptr<int64_t>();
-  EMB_OPT_CHECK(o[0] == 0, "chunk_bag: offsets[0] must be 0, got ", o[0]);
-  EMB_OPT_CHECK(o[num_bags] <= nnz, "chunk_bag: offsets[-1] = ", o[num_bags], " exceeds the ", nnz, " values");
-  for (int64_t i = 0; i < num_bags; ++i) {
-    EMB_OPT_CHECK(o[i] <= o[i + 1], "chunk_bag: offsets decrease at bag ", i);
-  }
-}
 
 template <typename index_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> unique_impl(
@@ -40,7 +27,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t* o = offsets.data_ptr<int64_t>();
   const int32_t* ft = feature_table.data_ptr<int32_t>();
   const int64_t* rows = table_rows.data_ptr<int64_t>();
-  const int64_t num_tables = table_rows.numel();
   auto long_opts = values.options().dtype(at::kLong);
   auto int_opts = values.options().dtype(at::kInt);
   auto inverse = at::empty({nnz}, int_opts);
@@ -57,8 +43,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   for (int64_t bag = 0; bag < num_bags; ++bag) {
     const int64_t f = bag / batch_size;
     const int32_t t = ft[f];
-    EMB_OPT_CHECK(t >= 0 && t < num_tables, "chunk_bag_unique: feature ", f, " maps to table ", t, " of ",
-                num_tables);
     for (int64_t i = o[bag]; i < o[bag + 1]; ++i) {
       const int64_t id = static_cast<int64_t>(v[i]);
       ob[i] = static_cast<int32_t>(bag);
@@ -102,65 +86,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {row_keys, inverse, unique_offsets, unique_occ, occ_bag, bad};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_bag_unique_cpu(
-    const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& feature_table,
-    const at::Tensor& table_rows, int64_t batch_size) {
-  EMB_OPT_CHECK_INDEX_DTYPE(values, "chunk_bag_unique: values");
-  EMB_OPT_CHECK_DTYPE(feature_table, at::kInt, "chunk_bag_unique: feature_table");
-  EMB_OPT_CHECK_DTYPE(table_rows, at::kLong, "chunk_bag_unique: table_rows");
-  EMB_OPT_CHECK(batch_size >= 0, "chunk_bag_unique: batch_size must be >= 0");
-  auto v = values.contiguous();
-  auto o = offsets.contiguous();
-  auto ft = feature_table.contiguous();
-  auto tr = table_rows.contiguous();
-  check_offsets(o, v.numel(), ft.numel() * batch_size);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> result;
-  AT_DISPATCH_INDEX_TYPES(v.scalar_type(), "chunk_bag_unique_cpu",
-                          [&] { result = unique_impl<index_t>(v, o, ft, tr, batch_size); });
+UniqueResult unique_cpu(const UniqueCall& call) {
+  check_offsets_facts(kUniqueOp, "offsets", offsets_facts(call.offsets), call.values.numel(), false, "values", "bag");
+  check_feature_table(kUniqueOp, call.feature_table, call.table_rows.numel());
+  UniqueResult result;
+  AT_DISPATCH_INDEX_TYPES(call.values.scalar_type(), "unique_cpu", [&] {
+    result = unique_impl<index_t>(call.values, call.offsets, call.feature_table, call.table_rows, call.batch_size);
+  });
   return result;
 }
 
-at::Tensor chunk_bag_forward_cpu(const at::Tensor& pool, const at::Tensor& slots, const at::Tensor& inverse,
-                                 const at::Tensor& offsets, const std::optional<at::Tensor>& weights,
-                                 const at::Tensor& feature_table, const at::Tensor& table_chunks,
-                                 const at::Tensor& feature_cols, int64_t batch_size, int64_t out_dim,
-                                 int64_t pooling_mode) {
-  EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_forward: pool");
-  EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_forward: slots");
-  EMB_OPT_CHECK_DTYPE(inverse, at::kInt, "chunk_bag_forward: inverse");
-  EMB_OPT_CHECK(pool.dim() == 2 && slots.dim() == 2, "chunk_bag_forward: pool and slots must be 2-D");
-  EMB_OPT_CHECK(pooling_mode == 0 || pooling_mode == 1, "chunk_bag_forward: pooling_mode must be 0 or 1");
-  auto p = pool.contiguous();
-  auto sl = slots.contiguous();
-  auto inv = inverse.contiguous();
-  auto o = offsets.contiguous();
-  auto ft = feature_table.contiguous();
-  auto tc = table_chunks.contiguous();
-  auto fc = feature_cols.contiguous();
-  const int64_t num_features = ft.numel();
-  check_offsets(o, inv.numel(), num_features * batch_size);
-  at::Tensor w;
-  if (weights.has_value() && weights->defined()) {
-    w = weights->contiguous();
-    EMB_OPT_CHECK_DTYPE(w, at::kFloat, "chunk_bag_forward: weights");
-    EMB_OPT_CHECK(w.numel() >= inv.numel(), "chunk_bag_forward: fewer weights than values");
-  }
-  const int64_t c = p.size(1);
-  const int64_t max_chunks = sl.size(1);
-  auto out = at::zeros({batch_size, out_dim}, p.options());
-  const float* pp = p.data_ptr<float>();
-  const int32_t* sp = sl.data_ptr<int32_t>();
-  const int32_t* ip = inv.data_ptr<int32_t>();
-  const int64_t* op = o.data_ptr<int64_t>();
-  const float* wp = w.defined() ? w.data_ptr<float>() : nullptr;
-  const int32_t* ftp = ft.data_ptr<int32_t>();
-  const int32_t* tcp = tc.data_ptr<int32_t>();
-  const int64_t* fcp = fc.data_ptr<int64_t>();
+at::Tensor forward_cpu(const ForwardCall& in) {
+  const int64_t batch_size = in.batch_size, out_dim = in.out_dim;
+  const int64_t num_features = in.feature_table.numel();
+  const int64_t c = in.pool.size(1);
+  const int64_t max_chunks = in.slots.size(1);
+  auto out = at::zeros({batch_size, out_dim}, in.pool.options());
+  const float *pp = in.pool.data_ptr<float>(), *wp = data_or_null<float>(in.weights);
+  const int32_t *sp = in.slots.data_ptr<int32_t>(), *ip = in.inverse.data_ptr<int32_t>();
+  const int32_t *ftp = in.feature_table.data_ptr<int32_t>(), *tcp = in.table_chunks.data_ptr<int32_t>();
+  const int64_t *op = in.offsets.data_ptr<int64_t>(), *fcp = in.feature_cols.data_ptr<int64_t>();
   float* outp = out.data_ptr<float>();
-  for (int64_t f = 0; f < num_features; ++f) {
-    EMB_OPT_CHECK(fcp[f] + tcp[ftp[f]] * c <= out_dim, "chunk_bag_forward: feature ", f, " overflows out_dim");
-    EMB_OPT_CHECK(tcp[ftp[f]] <= max_chunks, "chunk_bag_forward: table chunks exceed slots' width");
-  }
   at::parallel_for(0, num_features * batch_size, 64, [&](int64_t begin, int64_t end) {
     for (int64_t bag = begin; bag < end; ++bag) {
       const int64_t f = bag / batch_size;
@@ -179,7 +125,7 @@ at::Tensor chunk_bag_forward_cpu(const at::Tensor& pool, const at::Tensor& slots
           for (int64_t j = 0; j < c; ++j) d[j] += wi * src[j];
         }
       }
-      if (pooling_mode == 1 && stop > start) {
+      if (in.pooling_mode == kPoolingMean && stop > start) {
         const float inv_len = 1.0f / static_cast<float>(stop - start);
         for (int64_t j = 0; j < chunks * c; ++j) dst[j] *= inv_len;
       }
@@ -188,75 +134,43 @@ at::Tensor chunk_bag_forward_cpu(const at::Tensor& pool, const at::Tensor& slots
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
-    at::Tensor& pool, at::Tensor& optim_state, at::Tensor& slot_utility, const at::Tensor& grad_out,
-    const at::Tensor& slots, const at::Tensor& row_keys, const at::Tensor& unique_offsets,
-    const at::Tensor& unique_occ, const at::Tensor& occ_bag, const at::Tensor& offsets,
-    const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
-    int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
-    bool need_weight_grad, const std::optional<at::Tensor>& row_entries) {
-  check_backward_update_args(pool, optim_state, slot_utility, optimizer, utility_rule);
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tensor& pool, at::Tensor& optim_state,
+                                                at::Tensor& slot_utility) {
+  const int64_t batch_size = in.batch_size, pooling_mode = in.pooling_mode, optimizer = in.optimizer;
+  const bool need_weight_grad = in.need_weight_grad;
   const int64_t c = pool.size(1);
-  const at::Tensor entries = check_optimizer_state(pool, optim_state, optimizer, row_entries, row_keys.numel());
-  auto g = grad_out.contiguous().to(at::kFloat);
-  auto sl = slots.contiguous();
-  auto rk = row_keys.contiguous();
-  auto uo = unique_offsets.contiguous();
-  auto uocc = unique_occ.contiguous();
-  auto ob = occ_bag.contiguous();
-  auto o = offsets.contiguous();
-  auto tc = table_chunks.contiguous();
-  auto fc = feature_cols.contiguous();
-  at::Tensor w;
-  if (weights.has_value() && weights->defined()) w = weights->contiguous();
-  const int64_t num_unique = rk.numel();
-  const int64_t max_chunks = sl.size(1);
-  const int64_t out_dim = g.size(1);
+  const int64_t num_unique = in.row_keys.numel();
+  const int64_t max_chunks = in.slots.size(1);
+  const int64_t out_dim = in.grad_out.size(1);
   auto candidate = at::zeros({num_unique}, pool.options());
-  auto weight_grad = need_weight_grad ? at::zeros({uocc.numel()}, pool.options()) : at::empty({0}, pool.options());
+  auto weight_grad =
+      need_weight_grad ? at::zeros({in.unique_occ.numel()}, pool.options()) : at::empty({0}, pool.options());
   float* pp = pool.data_ptr<float>();
-  float* stp = optimizer == 0 ? nullptr : optim_state.data_ptr<float>();
+  float* stp = optimizer == kOptimSgd ? nullptr : optim_state.data_ptr<float>();
   float* up = slot_utility.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
-  const int32_t* sp = sl.data_ptr<int32_t>();
-  const int64_t* rkp = rk.data_ptr<int64_t>();
-  const int64_t* uop = uo.data_ptr<int64_t>();
-  const int32_t* uoccp = uocc.data_ptr<int32_t>();
-  const int32_t* obp = ob.data_ptr<int32_t>();
-  const int64_t* op = o.data_ptr<int64_t>();
-  const float* wp = w.defined() ? w.data_ptr<float>() : nullptr;
-  const int32_t* tcp = tc.data_ptr<int32_t>();
-  const int64_t* fcp = fc.data_ptr<int64_t>();
-  const int32_t* ep = entries.defined() ? entries.data_ptr<int32_t>() : nullptr;
-  const int64_t num_entries = optim_state.dim() == 2 ? optim_state.size(0) : 0;
-  if (ep) {  // each row holding chunks needs its accumulator: an entry in [0, R)
-    for (int64_t u = 0; u < num_unique; ++u) {
-      EMB_OPT_CHECK(max_chunks == 0 || sp[u * max_chunks] < 0 || (ep[u] >= 0 && ep[u] < num_entries), "chunk_bag_backward: "
-                    "row_entries[", u, "] = ", ep[u], " is outside the ", num_entries, " accumulators of optim_state");
-    }
-  }
+  const BackwardArrays x(in);
   float* cp = candidate.data_ptr<float>();
   float* wgp = need_weight_grad ? weight_grad.data_ptr<float>() : nullptr;
-  const float flr = static_cast<float>(lr), feps = static_cast<float>(eps);
+  const float flr = static_cast<float>(in.lr), feps = static_cast<float>(in.eps);
   at::parallel_for(0, num_unique, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> grad(max_chunks * c), score(max_chunks);
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t chunks = tcp[key_table(rkp[u])];
-      const int32_t* row_slots = sp + u * max_chunks;
+      const int64_t chunks = x.table_chunks[key_table(x.row_keys[u])];
+      const int32_t* row_slots = x.slots + u * max_chunks;
       int64_t live = 0;
       while (live < chunks && row_slots[live] >= 0) ++live;
-      const int64_t first = uop[u], last = uop[u + 1];
+      const int64_t first = x.unique_offsets[u], last = x.unique_offsets[u + 1];
       const float count = static_cast<float>(last - first);
       if (wgp) {  // d loss / d w_i = <grad_out slice, unweighted pooled rows>, before the weights move
         for (int64_t q = first; q < last; ++q) {
-          const int64_t i = uoccp[q];
-          const int64_t bag = obp[i];
+          const int64_t i = x.unique_occ[q];
+          const int64_t bag = x.occ_bag[i];
           const int64_t f = bag / batch_size, b = bag % batch_size;
           float scale = 1.0f;
-          if (pooling_mode == 1) scale = 1.0f / static_cast<float>(op[bag + 1] - op[bag]);
+          if (pooling_mode == kPoolingMean) scale = 1.0f / static_cast<float>(x.offsets[bag + 1] - x.offsets[bag]);
           float acc = 0.0f;
           for (int64_t k = 0; k < live; ++k) {
-            const float* gr = gp + b * out_dim + fcp[f] + k * c;
+            const float* gr = x.grad_out + b * out_dim + x.feature_cols[f] + k * c;
             const float* wr = pp + static_cast<int64_t>(row_slots[k]) * c;
             for (int64_t j = 0; j < c; ++j) acc += gr[j] * wr[j];
           }
@@ -269,12 +183,12 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
         std::fill(gk, gk + c, 0.0f);
         float norm_sum = 0.0f;
         for (int64_t q = first; q < last; ++q) {
-          const int64_t i = uoccp[q];
-          const int64_t bag = obp[i];
+          const int64_t i = x.unique_occ[q];
+          const int64_t bag = x.occ_bag[i];
           const int64_t f = bag / batch_size, b = bag % batch_size;
-          float scale = wp ? wp[i] : 1.0f;
-          if (pooling_mode == 1) scale /= static_cast<float>(op[bag + 1] - op[bag]);
-          const float* gr = gp + b * out_dim + fcp[f] + k * c;
+          float scale = x.weights ? x.weights[i] : 1.0f;
+          if (pooling_mode == kPoolingMean) scale /= static_cast<float>(x.offsets[bag + 1] - x.offsets[bag]);
+          const float* gr = x.grad_out + b * out_dim + x.feature_cols[f] + k * c;
           float sq = 0.0f;
           for (int64_t j = 0; j < c; ++j) {
             const float v = scale * gr[j];
@@ -283,14 +197,14 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
           }
           norm_sum += std::sqrt(sq);
         }
-        score[k] = utility_rule == 0 ? count : (utility_rule == 1 ? norm_sum / count : norm_sum);
+        score[k] = utility_score(static_cast<int>(in.utility_rule), count, norm_sum);
       }
       if (live < chunks) cp[u] = score[live];  // the first missing chunk: only its would-be utility
       float row_mult = 0.0f;
-      if (optimizer == 2 && live > 0) {  // row-wise Adagrad: one accumulator per row, at its index entry
+      if (optimizer == kOptimRowwiseAdagrad && live > 0) {  // one accumulator per row, at its index entry
         float sq = 0.0f;
         for (int64_t j = 0; j < live * c; ++j) sq += grad[j] * grad[j];
-        float& acc = stp[ep[u]];
+        float& acc = stp[x.row_entries[u]];
         acc += sq / static_cast<float>(live * c);
         row_mult = flr / (std::sqrt(acc) + feps);
       }
@@ -299,9 +213,9 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
         const float* gk = grad.data() + k * c;
         up[s] += score[k];
         float* wr = pp + s * c;
-        if (optimizer == 0) {
+        if (optimizer == kOptimSgd) {
           for (int64_t j = 0; j < c; ++j) wr[j] -= flr * gk[j];
-        } else if (optimizer == 1) {
+        } else if (optimizer == kOptimAdagrad) {
           float* st = stp + s * c;
           for (int64_t j = 0; j < c; ++j) {
             st[j] += gk[j] * gk[j];
@@ -318,10 +232,6 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(emb_opt, CPU, m) {
-  m.impl("chunk_bag_unique", &chunk_bag_unique_cpu);
-  m.impl("chunk_bag_forward", &chunk_bag_forward_cpu);
-  m.impl("chunk_bag_backward_update_", &chunk_bag_backward_update_cpu);
-}
+TORCH_LIBRARY_IMPL(emb_opt, CPU, m) { register_chunk_bag<unique_cpu, forward_cpu, backward_cpu>(m); }
 
 }  // namespace emb_opt

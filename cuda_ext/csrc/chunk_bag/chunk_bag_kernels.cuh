@@ -1,4 +1,5 @@
-// Device kernels of chunk_bag_forward and chunk_bag_backward_update_ (host side and contracts: chunk_bag.cu).
+// Device kernels of chunk_bag_forward and chunk_bag_backward_update_ (host side and contracts: chunk_bag.cu), one
+// file over 400 lines: both kernels are built on the same row-group machinery and argument structs.
 //
 // Both spread one row of D = C*c floats over a row group of G lanes (common/cuda_helpers.cuh: Lc lanes per
 // chunk, one V-float vector per lane, V = 4 when c % 4 == 0 and the buffers are 16-byte aligned):
@@ -16,7 +17,7 @@
 // wrong numbers (documented in chunk_bag.cu), never an out-of-bounds access.
 #pragma once
 #include "common/cuda_helpers.cuh"
-#include "common/vhpi_key.h"
+#include "common/layout.h"
 
 namespace emb_opt {
 namespace chunk_bag_cuda {
@@ -55,10 +56,7 @@ struct ForwardArgs {
 template <int V>
 __global__ void __launch_bounds__(cuda::kThreads) forward_kernel(const ForwardArgs a) {
   const Group g(a.layout.group_size);
-  const int lanes_per_chunk = a.layout.lanes_per_chunk;
-  const int chunk_in_pass = g.lane / lanes_per_chunk;
-  const int vec = g.lane & (lanes_per_chunk - 1);
-  const bool vec_ok = vec < a.layout.vecs_per_chunk;
+  const auto [chunk_in_pass, vec, vec_ok] = cuda::ChunkLane(a.layout, g);
   const int c = a.chunk_size;
   for (int64_t bag = g.index(); bag < a.num_bags; bag += g.count()) {  // uniform within the group
     const int64_t f = bag / a.batch_size;
@@ -112,7 +110,7 @@ __global__ void __launch_bounds__(cuda::kThreads) forward_kernel(const ForwardAr
         }
       }
       if (active) {
-        if (a.pooling_mode == 1 && stop > start) {
+        if (a.pooling_mode == kPoolingMean && stop > start) {
           const float inv_len = 1.0f / static_cast<float>(stop - start);
 #pragma unroll
           for (int e = 0; e < V; ++e) acc.x[e] *= inv_len;
@@ -127,6 +125,7 @@ struct BackwardArgs {
   float* pool;
   float* state;    // [S, c] Adagrad, [R, 1] row-wise Adagrad (one per index entry), unused for SGD
   const int32_t* row_entries;  // [U] row-wise Adagrad: unique row u's accumulator is state[row_entries[u]]
+  int64_t num_entries;         // R (row-wise Adagrad)
   float* utility;  // [S]
   int64_t num_slots;
   int chunk_size;
@@ -233,7 +232,7 @@ __device__ __forceinline__ void accumulate(const BackwardArgs& a, const Group& g
         if (b < a.grad_rows && fcol >= 0) {
           my_occ = i;
           my_scale = a.weights != nullptr ? a.weights[i] : 1.0f;
-          if (a.pooling_mode == 1) {
+          if (a.pooling_mode == kPoolingMean) {
             const int64_t len = a.offsets[bag + 1] - a.offsets[bag];
             const float flen = static_cast<float>(len > 0 ? len : 1);
             my_scale /= flen;
@@ -282,18 +281,45 @@ __device__ __forceinline__ void accumulate(const BackwardArgs& a, const Group& g
   }
 }
 
-__device__ __forceinline__ float utility_score(int rule, float count, float norm_sum) {
-  return rule == 0 ? count : (rule == 1 ? norm_sum / count : norm_sum);
+// Chunk k of unique row u as one lane sees it: whether the lane holds a column of a chunk below
+// min(live + 1, chunks) (active: its gradient is summed) and of a live chunk (is_live: its slot is updated), the
+// slot, the lane's V old values of it, and the sums the gradient sweep accumulates: the lane's columns of the
+// chunk's gradient and the chunk's per-occurrence gradient norms.
+template <int V>
+struct LaneChunk {
+  bool active, is_live;
+  int64_t slot;
+  Vec<V> w_old, grad;
+  float norm_sum;
+};
+
+template <int V>
+__device__ __forceinline__ LaneChunk<V> lane_chunk(const BackwardArgs& a, int64_t u, const RowInfo& r, int k, int vec,
+                                                   bool vec_ok) {
+  LaneChunk<V> x;
+  x.active = vec_ok && k < min(r.live + 1, r.chunks);
+  x.is_live = x.active && k < r.live;
+  x.slot = x.is_live ? a.slots[u * a.max_chunks + k] : -1;
+  x.w_old = Vec<V>::zeros();
+  if (x.is_live) x.w_old.load(a.pool + x.slot * a.chunk_size + vec * V);
+  x.grad = Vec<V>::zeros();
+  x.norm_sum = 0.0f;
+  return x;
+}
+
+// Row-wise Adagrad's accumulator of unique row u, or -1 when the row takes no row-wise step (another optimizer,
+// no live chunk, or an entry outside [0, R): the host checks those in index check mode "all"). Group-uniform.
+__device__ __forceinline__ int64_t rowwise_entry(const BackwardArgs& a, int64_t u, const RowInfo& r) {
+  if (a.optimizer != kOptimRowwiseAdagrad || r.live <= 0) return -1;
+  const int64_t entry = a.row_entries[u];
+  return entry < a.num_entries ? entry : -1;  // a negative entry stays negative
 }
 
 // One group per segment of a long row: partial gradient and norm sums -> seg_grad / seg_norm.
 template <int V>
 __global__ void __launch_bounds__(cuda::kThreads, 2) backward_segments_kernel(const BackwardArgs a) {
   const Group g(a.layout.group_size);
-  const int lanes_per_chunk = a.layout.lanes_per_chunk;
-  const int chunk_in_pass = g.lane / lanes_per_chunk;
-  const int vec = g.lane & (lanes_per_chunk - 1);
-  const bool vec_ok = vec < a.layout.vecs_per_chunk;
+  const auto [chunk_in_pass, vec, vec_ok] = cuda::ChunkLane(a.layout, g);
   const int c = a.chunk_size;
   const int64_t total = a.seg_start[a.num_unique];
   for (int64_t seg = g.index(); seg < total && seg < a.seg_bound; seg += g.count()) {
@@ -310,16 +336,11 @@ __global__ void __launch_bounds__(cuda::kThreads, 2) backward_segments_kernel(co
     for (int pass = 0; pass < a.layout.passes; ++pass) {
       const int k = pass * a.layout.chunks_per_pass + chunk_in_pass;
       if (pass * a.layout.chunks_per_pass >= last_chunk) break;
-      const bool active = vec_ok && k < last_chunk;
-      const bool is_live = active && k < r.live;
-      Vec<V> w_old = Vec<V>::zeros();
-      if (is_live) w_old.load(a.pool + static_cast<int64_t>(a.slots[u * a.max_chunks + k]) * c + vec * V);
-      Vec<V> grad = Vec<V>::zeros();
-      float norm_sum = 0.0f;
-      accumulate<V>(a, g, qb, qe, k, vec, active, is_live, w_old, grad, norm_sum);
-      if (active) {
-        grad.store(a.seg_grad + seg * a.max_chunks * c + k * c + vec * V);
-        if (vec == 0) a.seg_norm[seg * a.max_chunks + k] = norm_sum;
+      LaneChunk<V> x = lane_chunk<V>(a, u, r, k, vec, vec_ok);
+      accumulate<V>(a, g, qb, qe, k, vec, x.active, x.is_live, x.w_old, x.grad, x.norm_sum);
+      if (x.active) {
+        x.grad.store(a.seg_grad + seg * a.max_chunks * c + k * c + vec * V);
+        if (vec == 0) a.seg_norm[seg * a.max_chunks + k] = x.norm_sum;
       }
     }
   }
@@ -354,10 +375,10 @@ __device__ __forceinline__ void apply_update(const BackwardArgs& a, int64_t slot
                                              const Vec<V>& grad, float row_mult) {
   const int c = a.chunk_size;
   Vec<V> w = w_old;
-  if (a.optimizer == 0) {
+  if (a.optimizer == kOptimSgd) {
 #pragma unroll
     for (int e = 0; e < V; ++e) w.x[e] -= a.lr * grad.x[e];
-  } else if (a.optimizer == 1) {
+  } else if (a.optimizer == kOptimAdagrad) {
     float* st_ptr = a.state + slot * c + vec * V;
     Vec<V> st;
     st.load(st_ptr);
@@ -384,6 +405,18 @@ __device__ __forceinline__ float rowwise_step(const BackwardArgs& a, const Group
   return a.lr / (sqrtf(state_new) + a.eps);
 }
 
+// The end of chunk k's update, given its gradient: the utility score (written as the candidate score when k is
+// the row's first missing chunk), and for a live chunk its utility and the optimizer step.
+template <int V>
+__device__ __forceinline__ void update_chunk(const BackwardArgs& a, int64_t u, const RowInfo& r, int k, int vec,
+                                             const LaneChunk<V>& x, float count, float row_mult) {
+  const float score = utility_score(a.utility_rule, count, x.norm_sum);
+  if (x.active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
+  if (!x.is_live) return;
+  if (vec == 0) a.utility[x.slot] += score;
+  apply_update<V>(a, x.slot, vec, x.w_old, x.grad, row_mult);
+}
+
 // The update of unique row u when all its chunks fit one pass of the group (chunks <= G / Lc, e.g. D = 128 at
 // c = 16 or 32): each lane's gradient is summed ONCE over the occurrences and kept in registers, so row-wise
 // Adagrad needs no second sweep for its row norm. Same arithmetic, in the same order, as the two-sweep path.
@@ -391,26 +424,14 @@ template <int V>
 __device__ __forceinline__ void update_row_one_pass(const BackwardArgs& a, const Group& g, int64_t u,
                                                     const RowInfo& r, bool long_row, float count, int k, int vec,
                                                     bool vec_ok) {
-  const int c = a.chunk_size;
-  const int last_chunk = min(r.live + 1, r.chunks);
-  const bool active = vec_ok && k < last_chunk;
-  const bool is_live = active && k < r.live;
-  const int64_t slot = is_live ? a.slots[u * a.max_chunks + k] : -1;
-  Vec<V> w_old = Vec<V>::zeros();
-  if (is_live) w_old.load(a.pool + slot * c + vec * V);
-  const bool rowwise = a.optimizer == 2 && r.live > 0;  // group-uniform
-  const int64_t entry = rowwise ? a.row_entries[u] : -1;
-  const float state_old = rowwise ? a.state[entry] : 0.0f;  // issued with w_old, before the gradient sweep
-  Vec<V> grad = Vec<V>::zeros();
-  float norm_sum = 0.0f;
-  chunk_gradient<V>(a, g, u, r, long_row, k, vec, active, is_live, w_old, grad, norm_sum, true);
-  const float score = utility_score(a.utility_rule, count, norm_sum);
-  if (active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
-  const float row_mult =
-      rowwise ? rowwise_step(a, g, entry, state_old, g.sum(is_live ? grad.dot(grad) : 0.0f, g.size), r.live) : 0.0f;
-  if (!is_live) return;
-  if (vec == 0) a.utility[slot] += score;
-  apply_update<V>(a, slot, vec, w_old, grad, row_mult);
+  LaneChunk<V> x = lane_chunk<V>(a, u, r, k, vec, vec_ok);
+  const int64_t entry = rowwise_entry(a, u, r);
+  const float state_old = entry >= 0 ? a.state[entry] : 0.0f;  // issued with w_old, before the gradient sweep
+  chunk_gradient<V>(a, g, u, r, long_row, k, vec, x.active, x.is_live, x.w_old, x.grad, x.norm_sum, true);
+  const float row_mult = entry < 0 ? 0.0f  // group-uniform: the group's reduction runs on every lane or none
+                                   : rowwise_step(a, g, entry, state_old,
+                                                  g.sum(x.is_live ? x.grad.dot(x.grad) : 0.0f, g.size), r.live);
+  update_chunk<V>(a, u, r, k, vec, x, count, row_mult);
 }
 
 // One group per unique row: gradient (from the occurrences, or from the segments of a long row), utility,
@@ -419,11 +440,7 @@ __device__ __forceinline__ void update_row_one_pass(const BackwardArgs& a, const
 template <int V>
 __global__ void __launch_bounds__(cuda::kThreads, 3) backward_rows_kernel(const BackwardArgs a) {
   const Group g(a.layout.group_size);
-  const int lanes_per_chunk = a.layout.lanes_per_chunk;
-  const int chunk_in_pass = g.lane / lanes_per_chunk;
-  const int vec = g.lane & (lanes_per_chunk - 1);
-  const bool vec_ok = vec < a.layout.vecs_per_chunk;
-  const int c = a.chunk_size;
+  const auto [chunk_in_pass, vec, vec_ok] = cuda::ChunkLane(a.layout, g);
   for (int64_t u = g.index(); u < a.num_unique; u += g.count()) {
     const RowInfo r = row_info(a, g, u);
     const int last_chunk = min(r.live + 1, r.chunks);
@@ -435,7 +452,8 @@ __global__ void __launch_bounds__(cuda::kThreads, 3) backward_rows_kernel(const 
       continue;
     }
     float row_mult = 0.0f;
-    if (a.optimizer == 2 && r.live > 0) {  // group-uniform condition: every lane takes the same branches
+    const int64_t entry = rowwise_entry(a, u, r);
+    if (entry >= 0) {  // group-uniform condition: every lane takes the same branches
       float row_sq = 0.0f;
       for (int pass = 0; pass < a.layout.passes; ++pass) {
         const int k = pass * a.layout.chunks_per_pass + chunk_in_pass;
@@ -447,25 +465,14 @@ __global__ void __launch_bounds__(cuda::kThreads, 3) backward_rows_kernel(const 
         if (is_live) row_sq += grad.dot(grad);
       }
       row_sq = g.sum(row_sq, g.size);  // over all lanes of the group = all live chunks of the row
-      const int64_t entry = a.row_entries[u];
       row_mult = rowwise_step(a, g, entry, a.state[entry], row_sq, r.live);
     }
     for (int pass = 0; pass < a.layout.passes; ++pass) {
       const int k = pass * a.layout.chunks_per_pass + chunk_in_pass;
       if (pass * a.layout.chunks_per_pass >= last_chunk) break;
-      const bool active = vec_ok && k < last_chunk;
-      const bool is_live = active && k < r.live;
-      const int64_t slot = is_live ? a.slots[u * a.max_chunks + k] : -1;
-      Vec<V> w_old = Vec<V>::zeros();
-      if (is_live) w_old.load(a.pool + slot * c + vec * V);
-      Vec<V> grad = Vec<V>::zeros();
-      float norm_sum = 0.0f;
-      chunk_gradient<V>(a, g, u, r, long_row, k, vec, active, is_live, w_old, grad, norm_sum, true);
-      const float score = utility_score(a.utility_rule, count, norm_sum);
-      if (active && k == r.live && vec == 0) a.candidate[u] = score;  // the first missing chunk
-      if (!is_live) continue;
-      if (vec == 0) a.utility[slot] += score;
-      apply_update<V>(a, slot, vec, w_old, grad, row_mult);
+      LaneChunk<V> x = lane_chunk<V>(a, u, r, k, vec, vec_ok);
+      chunk_gradient<V>(a, g, u, r, long_row, k, vec, x.active, x.is_live, x.w_old, x.grad, x.norm_sum, true);
+      update_chunk<V>(a, u, r, k, vec, x, count, row_mult);
     }
   }
 }

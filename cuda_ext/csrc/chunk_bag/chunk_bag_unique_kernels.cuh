@@ -9,7 +9,7 @@
 //   6. unique_scatter_kernel   inverse, row_keys, unique_offsets; unique_occ is the sorted positions as they are
 #pragma once
 #include "common/cuda_helpers.cuh"
-#include "common/vhpi_key.h"
+#include "common/layout.h"
 
 namespace emb_opt {
 namespace chunk_bag_cuda {

@@ -60,3 +60,7 @@ std::string check_message(const Parts&... parts) {
 }  // namespace emb_opt
 
 #define EMB_OPT_CHECK(cond, ...) TORCH_CHECK(cond, ::emb_opt::detail::check_message(__VA_ARGS__))
+// The same for an index outside what it indexes: raises IndexError in Python (c10::IndexError).
+#define EMB_OPT_CHECK_INDEX(cond, ...) TORCH_CHECK_INDEX(cond, ::emb_opt::detail::check_message(__VA_ARGS__))
+// The same for a bad value of a user-facing argument: raises ValueError in Python (c10::ValueError).
+#define EMB_OPT_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::emb_opt::detail::check_message(__VA_ARGS__))

@@ -6,6 +6,7 @@
 // toolkit on the build machines lacks.
 #pragma once
 #include "common/check_message.h"
+#include "common/checks.h"
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,14 +24,11 @@ constexpr int kThreads = 256;  // block size of every kernel here
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 constexpr int64_t kNone = INT64_MAX;  // "nothing found" in status tensors (reduced with atomicMin)
 
-// Every tensor must sit on `device`: a CPU tensor mixed into a CUDA call would hand the kernel a host pointer.
+// A CUDA call: every tensor on `device` (common/checks.h), which is a CUDA device.
 inline void check_device(const char* op, const at::Device& device,
                          std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors) {
   EMB_OPT_CHECK(device.is_cuda(), op, ": expected CUDA tensors, got ", device);
-  for (const auto& [name, t] : tensors) {
-    EMB_OPT_CHECK(!t->defined() || t->device() == device, op, ": ", name, " must be on ", device, " like the other "
-                "arguments, got ", t->device());
-  }
+  check_same_device(op, device, tensors);
 }
 
 inline int64_t blocks_for(int64_t work_items, int64_t items_per_block = kThreads) {
@@ -112,6 +110,19 @@ struct Group {
     for (int offset = width >> 1; offset > 0; offset >>= 1) value += __shfl_xor_sync(mask, value, offset, size);
     return value;
   }
+};
+
+// Where a lane sits in a row group laid out by `layout`: the chunk of each pass it serves, its vector within that
+// chunk, and whether that vector exists (c / V may be below Lc).
+struct ChunkLane {
+  int chunk_in_pass;
+  int vec;
+  bool vec_ok;
+
+  __device__ __forceinline__ ChunkLane(const GroupLayout& layout, const Group& g)
+      : chunk_in_pass(g.lane / layout.lanes_per_chunk),
+        vec(g.lane & (layout.lanes_per_chunk - 1)),
+        vec_ok(vec < layout.vecs_per_chunk) {}
 };
 
 // V consecutive floats in registers (V = 4: one 16-byte access when aligned).

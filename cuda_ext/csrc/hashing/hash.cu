@@ -4,8 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "common/checks.h"
 #include "common/mix64.h"
+#include "hashing/hash_checks.h"
 
 namespace emb_opt {
 namespace {
@@ -21,14 +21,12 @@ __global__ void mix_hash_kernel(const index_t* __restrict__ ids, int64_t* __rest
 }
 
 at::Tensor mix_hash_cuda(const at::Tensor& ids, int64_t num_buckets, int64_t seed) {
-  EMB_OPT_CHECK_INDEX_DTYPE(ids, "mix_hash: ids");
-  EMB_OPT_CHECK(num_buckets >= 1, "mix_hash: num_buckets must be >= 1, got ", num_buckets);
+  check_mix_hash_args(ids, num_buckets);
   c10::cuda::CUDAGuard guard(ids.device());
   auto contiguous = ids.contiguous();
   auto out = at::empty(ids.sizes(), ids.options().dtype(at::kLong));
   const int64_t n = contiguous.numel();
   if (n == 0) return out;
-  EMB_OPT_CHECK(contiguous.min().item<int64_t>() >= 0, "mix_hash: ids must be >= 0 (a negative id was found)");
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535 * 8);
   AT_DISPATCH_INDEX_TYPES(contiguous.scalar_type(), "mix_hash_cuda", [&] {

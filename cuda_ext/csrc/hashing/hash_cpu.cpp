@@ -3,8 +3,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "common/checks.h"
 #include "common/mix64.h"
+#include "hashing/hash_checks.h"
 
 namespace emb_opt {
 namespace {
@@ -20,21 +20,12 @@ void mix_hash_kernel(const index_t* ids, int64_t* out, int64_t n, int64_t num_bu
 }
 
 at::Tensor mix_hash_cpu(const at::Tensor& ids, int64_t num_buckets, int64_t seed) {
-  EMB_OPT_CHECK_INDEX_DTYPE(ids, "mix_hash: ids");
-  EMB_OPT_CHECK(num_buckets >= 1, "mix_hash: num_buckets must be >= 1, got ", num_buckets);
+  check_mix_hash_args(ids, num_buckets);
   auto contiguous = ids.contiguous();
   auto out = at::empty(ids.sizes(), ids.options().dtype(at::kLong));
-  const int64_t n = contiguous.numel();
-  if (n == 0) return out;
-  auto min_value = contiguous.min().item<int64_t>();
-  if (min_value < 0) {
-    auto flat = contiguous.reshape({-1});
-    auto position = (flat < 0).nonzero().select(1, 0)[0].item<int64_t>();
-    EMB_OPT_CHECK(false, "mix_hash: ids must be >= 0, got id ", flat[position].item<int64_t>(),
-                " at flat position ", position);
-  }
   AT_DISPATCH_INDEX_TYPES(contiguous.scalar_type(), "mix_hash_cpu", [&] {
-    mix_hash_kernel<index_t>(contiguous.data_ptr<index_t>(), out.data_ptr<int64_t>(), n, num_buckets, seed);
+    mix_hash_kernel<index_t>(contiguous.data_ptr<index_t>(), out.data_ptr<int64_t>(), contiguous.numel(),
+                             num_buckets, seed);
   });
   return out;
 }

@@ -1,8 +1,10 @@
-// Registration of the semantic-ID op family (schema only; CPU impl in semantic_id_cpu.cpp, CUDA in
-// semantic_id.cu, reference in cuda_ext/reference/semantic_id.py, caller semantic_id/transform.py).
+// Registration of the semantic-ID op family (CPU impl: semantic_id_cpu.cpp; CUDA impl: semantic_id.cu; argument
+// checks: semantic_id_checks.h; the per-id arithmetic: semantic_id_tokens.h; fake (meta) impl: cuda_ext/fake.py;
+// reference: cuda_ext/reference/semantic_id.py; caller: semantic_id/transform.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
+  m.set_python_module("cuda_ext.fake");
   // Tokens of raw item ids under a code-based parameterization (a TokenPlan of T <= 16 tokens, Horner forms):
   //   ids [n] int32/int64, codes [N, L] int64 (a row starting with -1 = "no code"); starts / lengths /
   //   token_offsets: T ints each, token_offsets already (plan offset + feature offset) mod H.

@@ -5,44 +5,59 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <limits>
+
 #include "common/checks.h"
-#include "common/vhpi_key.h"
 #include "vhpi/vhpi_checks.h"
+#include "common/registration.h"
+#include "vhpi/vhpi_probe.h"
 
 namespace emb_opt {
 namespace {
 
-at::Tensor vhpi_lookup_cpu(const at::Tensor& buckets, const at::Tensor& slot_keys, const at::Tensor& row_keys,
-                           const at::Tensor& num_chunks, int64_t max_chunks, int64_t max_probe) {
-  check_vhpi_table(buckets, slot_keys, max_probe);
-  EMB_OPT_CHECK_DTYPE(row_keys, at::kLong, "vhpi_lookup: row_keys");
-  EMB_OPT_CHECK_DTYPE(num_chunks, at::kInt, "vhpi_lookup: num_chunks");
-  EMB_OPT_CHECK(row_keys.numel() == num_chunks.numel(), "vhpi_lookup: row_keys and num_chunks differ in length");
-  EMB_OPT_CHECK(max_chunks >= 1 && max_chunks <= (1 << kChunkBits), "vhpi_lookup: max_chunks out of range");
-  const int64_t n = row_keys.numel();
-  auto out = at::full({n, max_chunks}, -1, row_keys.options().dtype(at::kInt));
-  auto keys = row_keys.contiguous();
-  auto chunks = num_chunks.contiguous();
-  const int32_t* b = buckets.data_ptr<int32_t>();
-  const int64_t* sk = slot_keys.data_ptr<int64_t>();
-  const int64_t* rk = keys.data_ptr<int64_t>();
-  const int32_t* nc = chunks.data_ptr<int32_t>();
-  int32_t* o = out.data_ptr<int32_t>();
-  const int64_t nb = buckets.numel();
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t limit = std::min<int64_t>(nc[u], max_chunks);
-      for (int64_t k = 0; k < limit; ++k) {
-        const int32_t s = probe_slot(b, sk, nb, max_probe, rk[u] | k);
-        if (s < 0) break;
-        o[u * max_chunks + k] = s;
-      }
-    }
-  });
-  return out;
+constexpr const char* kLookupRuns = "vhpi_lookup_runs";
+
+// The row index as raw pointers: buckets [H], entry_keys / entry_first / entry_chunks [R].
+struct RowIndex {
+  const int32_t *buckets, *entry_first;
+  const int64_t* entry_keys;
+  const int8_t* entry_chunks;
+  int64_t num_buckets, num_entries, max_probe;
+};
+
+// Entry of `key` (-1 if absent), or kCorruptBucket when the probe met a bad bucket or found an entry whose run
+// is malformed (*bad_bucket = the bucket, or -1 for a bad run).
+int32_t find_entry(const RowIndex& index, int64_t key, int64_t* bad_bucket) {
+  *bad_bucket = -1;
+  const int32_t e = probe_key(index.buckets, index.entry_keys, index.num_buckets, index.num_entries, index.max_probe,
+                              key, bad_bucket);
+  if (e < 0) return e;
+  const bool run_ok = index.entry_chunks[e] >= 0 && index.entry_chunks[e] <= kMaxChunks && index.entry_first[e] >= 0 &&
+                      index.entry_first[e] < kMaxRunStart;
+  return run_ok ? e : kCorruptBucket;
 }
 
-std::tuple<at::Tensor, at::Tensor> vhpi_lookup_runs_cpu(const at::Tensor& buckets, const at::Tensor& entry_keys,
+// Raises for the value that made row u's lookup fail (find_entry returned kCorruptBucket for it).
+[[noreturn]] void raise_bad_lookup(const RowIndex& index, const at::Tensor& buckets, const at::Tensor& entry_first,
+                                   const at::Tensor& entry_chunks, const at::Tensor& row_keys, int64_t u) {
+  const std::string row = detail::check_message("probed for row_keys[", u, "]");
+  int64_t bad_bucket = -1;
+  const int32_t e = probe_key(index.buckets, index.entry_keys, index.num_buckets, index.num_entries, index.max_probe,
+                              row_keys.data_ptr<int64_t>()[u], &bad_bucket);
+  if (e == kCorruptBucket) {
+    raise_outside(kLookupRuns, "buckets", buckets, bad_bucket, -1, index.num_entries,
+                  detail::check_message("-1 or one of the ", index.num_entries, " entries of entry_keys; ", row));
+  }
+  if (index.entry_chunks[e] < 0 || index.entry_chunks[e] > kMaxChunks) {
+    raise_outside(kLookupRuns, "entry_chunks", entry_chunks, e, 0, kMaxChunks + 1,
+                  detail::check_message("chunks of a row, found for row_keys[", u, "]"));
+  }
+  raise_outside(kLookupRuns, "entry_first", entry_first, e, 0, kMaxRunStart,
+                detail::check_message("first slot of a run that must fit int32, found for row_keys[", u, "]"));
+}
+
+std::tuple<at::Tensor, at::Tensor> lookup_runs_cpu(const at::Tensor& buckets, const at::Tensor& entry_keys,
                                                         const at::Tensor& entry_first, const at::Tensor& entry_chunks,
                                                         const at::Tensor& row_keys, int64_t max_chunks,
                                                         int64_t max_probe) {
@@ -51,23 +66,32 @@ std::tuple<at::Tensor, at::Tensor> vhpi_lookup_runs_cpu(const at::Tensor& bucket
   auto entries = at::empty({n}, row_keys.options().dtype(at::kInt));
   auto slots = at::empty({n, max_chunks}, row_keys.options().dtype(at::kInt));
   auto keys = row_keys.contiguous();
-  const int32_t* b = buckets.data_ptr<int32_t>();
-  const int64_t* ek = entry_keys.data_ptr<int64_t>();
-  const int32_t* ef = entry_first.data_ptr<int32_t>();
-  const int8_t* ec = entry_chunks.data_ptr<int8_t>();
+  const RowIndex index{buckets.data_ptr<int32_t>(), entry_first.data_ptr<int32_t>(), entry_keys.data_ptr<int64_t>(),
+                       entry_chunks.data_ptr<int8_t>(), buckets.numel(), entry_keys.numel(), max_probe};
   const int64_t* rk = keys.data_ptr<int64_t>();
   int32_t* eo = entries.data_ptr<int32_t>();
   int32_t* so = slots.data_ptr<int32_t>();
-  const int64_t nb = buckets.numel();
+  std::atomic<int64_t> first_bad_row{std::numeric_limits<int64_t>::max()};
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
-      const int32_t e = probe_slot(b, ek, nb, max_probe, rk[u]);
-      const int64_t count = e < 0 ? 0 : std::min<int64_t>(std::max<int64_t>(ec[e], 0), max_chunks);
-      const int32_t first = e < 0 ? 0 : ef[e];
+      int64_t bad_bucket = -1;
+      int32_t e = find_entry(index, rk[u], &bad_bucket);
+      if (e == kCorruptBucket) {
+        int64_t seen = first_bad_row.load();
+        while (u < seen && !first_bad_row.compare_exchange_weak(seen, u)) {
+        }
+        e = -1;
+      }
+      const int64_t count = e < 0 ? 0 : std::min<int64_t>(index.entry_chunks[e], max_chunks);
+      const int32_t first = e < 0 ? 0 : index.entry_first[e];
       eo[u] = e;
-      for (int64_t k = 0; k < max_chunks; ++k) so[u * max_chunks + k] = k < count ? first + static_cast<int32_t>(k) : -1;
+      int32_t* row_slots = so + u * max_chunks;
+      for (int64_t k = 0; k < max_chunks; ++k) row_slots[k] = k < count ? first + static_cast<int32_t>(k) : -1;
     }
   });
+  if (first_bad_row.load() != std::numeric_limits<int64_t>::max()) {
+    raise_bad_lookup(index, buckets, entry_first, entry_chunks, keys, first_bad_row.load());
+  }
   return {entries, slots};
 }
 
@@ -84,28 +108,22 @@ bool insert_one(int32_t* b, int64_t nb, int64_t max_probe, int64_t key, int32_t 
   return false;
 }
 
-int64_t vhpi_insert_cpu(at::Tensor& buckets, const at::Tensor& slot_keys, const at::Tensor& slots,
+int64_t insert_cpu(at::Tensor& buckets, const at::Tensor& slot_keys, const at::Tensor& slots,
                         int64_t max_probe) {
-  check_vhpi_table(buckets, slot_keys, max_probe);
-  EMB_OPT_CHECK_DTYPE(slots, at::kInt, "vhpi_insert_: slots");
+  check_insert_args(buckets, slot_keys, slots, max_probe);
   auto s = slots.contiguous();
   const int32_t* sp = s.data_ptr<int32_t>();
   const int64_t* sk = slot_keys.data_ptr<int64_t>();
   int32_t* b = buckets.data_ptr<int32_t>();
   const int64_t nb = buckets.numel();
-  const int64_t ns = slot_keys.numel();
   for (int64_t i = 0; i < s.numel(); ++i) {
-    EMB_OPT_CHECK(sp[i] >= 0 && sp[i] < ns, "vhpi_insert_: slot ", sp[i], " out of range [0, ", ns, ")");
-    EMB_OPT_CHECK(sk[sp[i]] >= 0, "vhpi_insert_: slot ", sp[i], " has no key");
     if (!insert_one(b, nb, max_probe, sk[sp[i]], sp[i])) return i;
   }
   return s.numel();
 }
 
-at::Tensor vhpi_rebuild_cpu(const at::Tensor& slot_keys, int64_t num_buckets, int64_t max_probe) {
-  EMB_OPT_CHECK_DTYPE(slot_keys, at::kLong, "vhpi_rebuild: slot_keys");
-  EMB_OPT_CHECK(num_buckets >= 1, "vhpi_rebuild: num_buckets must be >= 1");
-  EMB_OPT_CHECK(max_probe >= 1, "vhpi_rebuild: max_probe must be >= 1");
+at::Tensor rebuild_cpu(const at::Tensor& slot_keys, int64_t num_buckets, int64_t max_probe) {
+  check_rebuild_args(slot_keys, num_buckets, max_probe);
   auto keys = slot_keys.contiguous();
   auto buckets = at::full({num_buckets}, -1, slot_keys.options().dtype(at::kInt));
   const int64_t* sk = keys.data_ptr<int64_t>();
@@ -121,11 +139,6 @@ at::Tensor vhpi_rebuild_cpu(const at::Tensor& slot_keys, int64_t num_buckets, in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(emb_opt, CPU, m) {
-  m.impl("vhpi_lookup", &vhpi_lookup_cpu);
-  m.impl("vhpi_lookup_runs", &vhpi_lookup_runs_cpu);
-  m.impl("vhpi_insert_", &vhpi_insert_cpu);
-  m.impl("vhpi_rebuild", &vhpi_rebuild_cpu);
-}
+TORCH_LIBRARY_IMPL(emb_opt, CPU, m) { register_kernels(m, kVhpiOps, lookup_runs_cpu, insert_cpu, rebuild_cpu); }
 
 }  // namespace emb_opt
