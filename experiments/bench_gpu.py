@@ -11,7 +11,7 @@ One table of --rows virtual rows, one feature, batch --batch, fixed pooling L, f
 * ``semantic_id``: the fused semantic-ID token kernel vs the same tokens from torch ops (``--semantic-id-only``);
 * ``fiited``: the ops of a FIITED collection on a VHPI store whose rows keep a random prefix of their chunks
   (k_r ~ Binomial(D/c, budget), so live chunks / all chunks ~ budget), slots shuffled over the pool, hash table
-  at load 0.5: ``fwd`` = chunk_bag_unique -> vhpi_lookup -> chunk_bag_forward, ``fwd_bwd`` = fwd +
+  at load 0.5: ``fwd`` = chunk_bag_unique -> vhpi_lookup_runs -> chunk_bag_forward, ``fwd_bwd`` = fwd +
   chunk_bag_backward_update_ (row-wise Adagrad, freq_grad utility), and each kernel alone (``unique``,
   ``lookup``, ``fwd_kernel``, ``bwd_kernel``).
 Each time is the median over --iters timed runs (CUDA events, after --warmup runs), rotating over 4 batches so
