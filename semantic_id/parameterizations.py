@@ -24,19 +24,20 @@ features sharing one table do not share rows by accident (``(token + offset) mod
 (``space <= H``, ``offset = 0``) the ``mod`` changes nothing and tokens are exact.
 
 All code-based parameterizations are "Horner forms" ``offset_t + sum_s K^(len_t-1-s) (c_(start_t+s) + add)``, kept
-as a small ``TokenPlan``; ``apply_plan`` evaluates it with torch (vectorised over ids, a loop only over the T <= L
-tokens, arithmetic mod H at each step so K = 2048, L = 6 never overflows int64), ``apply_plan_numpy`` with numba
-for building token tables for millions of ids in bulk. Both give identical tokens (tested).
+as a small ``TokenPlan``; ``apply_plan`` evaluates it with the reference of the native token op
+(``cuda_ext.reference.semantic_id.horner_tokens``: vectorised over ids, a loop only over the T <= L tokens,
+arithmetic mod H at each step so K = 2048, L = 6 never overflows int64) -- the one arithmetic the kernels are
+held to; ``apply_plan_numpy`` takes and gives numpy arrays.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-import numba
 import numpy as np
 import torch
 
+from cuda_ext.reference.semantic_id import horner_tokens
 from hashing.random_hash import random_hash
 
 CODE_PARAMETERIZATIONS = ("prefix_ngram", "ngram", "trigram", "fourgram", "all_bigrams", "unigram")
@@ -151,41 +152,14 @@ def apply_plan(codes: torch.Tensor, plan: TokenPlan, num_buckets: Optional[int] 
     _check_modulus(plan.codebook_size, H)
     if check:
         _check_codes(codes, plan)
-    codes = codes.to(torch.int64)
-    K = plan.codebook_size
-    out = torch.empty((codes.shape[0], plan.num_tokens), dtype=torch.int64, device=codes.device)
-    for t, (start, length, off) in enumerate(zip(plan.starts, plan.lengths, plan.offsets)):
-        value = torch.zeros(codes.shape[0], dtype=torch.int64, device=codes.device)
-        for s in range(start, start + length):
-            value = torch.remainder(value * K + codes[:, s] + plan.add, H)
-        out[:, t] = torch.remainder(value + ((off + int(offset)) % H), H)
-    return out
-
-
-@numba.njit(cache=True, parallel=False)
-def _apply_plan_nb(codes, starts, lengths, offsets, add, K, H):  # pragma: no cover - compiled
-    n = codes.shape[0]
-    T = starts.shape[0]
-    out = np.empty((n, T), dtype=np.int64)
-    for i in range(n):
-        for t in range(T):
-            v = 0
-            for s in range(starts[t], starts[t] + lengths[t]):
-                v = (v * K + codes[i, s] + add) % H
-            out[i, t] = (v + offsets[t]) % H
-    return out
+    offsets = [(o + int(offset)) % H for o in plan.offsets]
+    return horner_tokens(codes.to(torch.int64), plan.starts, plan.lengths, offsets, plan.add, plan.codebook_size, H)
 
 
 def apply_plan_numpy(codes: np.ndarray, plan: TokenPlan, num_buckets: Optional[int] = None,
                      offset: int = 0) -> np.ndarray:
-    """numba twin of ``apply_plan`` for bulk token tables (``codes`` int array ``[n, L]`` -> int64 ``[n, T]``)."""
-    H = plan.space if num_buckets is None else int(num_buckets)
-    _check_modulus(plan.codebook_size, H)
-    codes = np.ascontiguousarray(codes, dtype=np.int64)
-    _check_codes(torch.from_numpy(codes), plan)
-    offsets = np.array([(o + int(offset)) % H for o in plan.offsets], dtype=np.int64)
-    return _apply_plan_nb(codes, np.array(plan.starts, dtype=np.int64), np.array(plan.lengths, dtype=np.int64),
-                          offsets, np.int64(plan.add), np.int64(plan.codebook_size), np.int64(H))
+    """``apply_plan`` on a numpy code table (``codes`` int array ``[n, L]`` -> int64 ``[n, T]``)."""
+    return apply_plan(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)), plan, num_buckets, offset).numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Parameterizations against hand-computed tokens (DESIGN.md section 3), the modulus, offsets and the numba twin."""
+"""Parameterizations against hand-computed tokens (the prefix-ngram formula of Meta's paper), the modulus, offsets and
+the numpy entry point."""
 import numpy as np
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_large_codebooks_do_not_overflow():
         assert tok == [e % H for e in exact]
 
 
-def test_numba_matches_torch():
+def test_numpy_entry_point_matches_torch():
     g = torch.Generator().manual_seed(1)
     codes = torch.randint(0, 32, (1000, 4), generator=g)
     for name in S.CODE_PARAMETERIZATIONS:
