@@ -1,4 +1,4 @@
-"""Build and install emb_opt, hashing, semantic_id, cuda_ext and experiments.
+"""Build and install emb_opt, hashing, semantic_id and cuda_ext (``experiments/`` runs from the repository root).
 
 The native extension ``cuda_ext._C`` is built with ``torch.utils.cpp_extension``:
   * C++ sources (``cuda_ext/csrc/**/*.cpp``) always;
@@ -63,8 +63,8 @@ setup(
     version="0.1.0",
     description="Smaller, better embedding tables for TorchRec DLRM: FIITED chunk pruning on a VHPI store, "
     "semantic-ID prefix-ngrams, hashing baselines, native kernels.",
-    packages=find_packages(include=["emb_opt*", "hashing*", "semantic_id*", "cuda_ext*", "experiments*"]),
-    package_data={"cuda_ext": ["csrc/**/*"], "experiments": ["data/*.tsv"]},
+    packages=find_packages(include=["emb_opt*", "hashing*", "semantic_id*", "cuda_ext*"]),  # experiments/: run from the repo
+    package_data={"cuda_ext": ["csrc/**/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",

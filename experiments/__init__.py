@@ -1,1 +1,2 @@
-"""Criteo DLRM experiments: data (synthetic and real Criteo TSV), training harness, comparison scripts."""
+"""Experiments (run from the repository root as ``python -m experiments.<script>``; not installed): the Criteo
+DLRM comparison, the semantic-ID catalog experiment, CPU and GPU benchmarks and checks, and their data."""

@@ -1,7 +1,7 @@
-"""Semantic-ID parameterizations vs random hashing for an item-id feature, in a TorchRec DLRM, at equal table size.
+"""Semantic-ID parameterizations vs random hashing at equal table size in a DLRM (one script, data to report).
 
-    python -m experiments.semantic_id_catalog            # default synthetic catalog (a few minutes on 2 cores)
-    python -m experiments.semantic_id_catalog --quick    # ~1 minute smoke run
+    python -m experiments.semantic_id_catalog            # default synthetic catalog (about 90 s on 2 cores)
+    python -m experiments.semantic_id_catalog --quick    # ~30 s smoke run
     python -m experiments.semantic_id_catalog --catalog-dir ml-1m --item-embeddings movies_emb.npy   # real files
 
 What it does, for every parameterization (random hashing, individual ids, n-gram, all bigrams, unigrams,
@@ -28,8 +28,6 @@ paired by seed. Writes ``results.csv`` (means, ``*_std`` columns), ``runs.csv`` 
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import os
 import time
@@ -41,20 +39,18 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments import metrics
+from experiments.config import parse_config
 
 SEGMENTS = ("overall", "head", "torso", "tail", "new")
 
 
 @dataclass
 class Config:
-    # data (synthetic unless catalog_dir is given)
+    # data: the synthetic catalog (experiments.data.synthetic_catalog), unless catalog_dir is given
     num_items: int = 20000
     num_users: int = 2000
     num_events: int = 400000
-    content_dim: int = 32
-    new_item_fraction: float = 0.15
-    new_item_start: float = 0.6
-    item_effect: float = 0.3         # std of the item-level click logit that content cannot explain
+    new_item_start: float = 0.6      # synthetic: when new items are born; files: first seen from then = new
     catalog_dir: str = ""            # MovieLens-style movies.dat + ratings.dat
     item_embeddings: str = ""        # .npy / .pt [n_movies, D] in movies.dat order (else a text embedder)
     # codes
@@ -64,20 +60,18 @@ class Config:
     rqvae_epochs: int = 40
     # model / training
     parameterizations: str = "random,individual,ngram,all_bigrams,unigram,prefix_ngram"
-    num_buckets: int = 0             # 0: num_items // compression
-    compression: int = 4
+    compression: int = 4             # every compressed parameterization gets H = #items // compression rows
     embedding_dim: int = 16
     batch_size: int = 256
     emb_lr: float = 0.05
     dense_lr: float = 1e-3
-    epochs: int = 1
-    train_end: float = 0.75
+    train_end: float = 0.75          # events before this time train (one pass), the later ones evaluate
     eval_windows: int = 4
     seed: int = 0                    # data, codes and the first training seed
     seeds: int = 3                   # training seeds per parameterization (model init, hash seed)
-    threads: int = 1
+    threads: int = 1                 # torch threads while it runs
     out: str = "results/semantic_id_catalog"
-    quick: bool = False
+    quick: bool = False              # a smaller catalog and one seed (QUICK, ~30 s) for the fields not set
     progress: bool = True
 
 
@@ -89,11 +83,6 @@ def check_config(config: Config) -> None:
     if config.item_embeddings and not config.catalog_dir:
         raise ValueError(f"item_embeddings ({config.item_embeddings}) needs catalog_dir (--catalog-dir): they are "
                          "the content of a file catalog's items; the synthetic catalog makes its own content")
-
-
-def quick_config(config: Config, keep: Sequence[str] = ()) -> Config:
-    """The ``--quick`` sizes (~30 s): a smaller catalog and one seed; fields named in ``keep`` are not changed."""
-    return dataclasses.replace(config, quick=True, **{k: v for k, v in QUICK.items() if k not in keep})
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -154,16 +143,16 @@ def load_data(config: Config) -> EventData:
 
     catalog = make_synthetic_catalog(SyntheticCatalogConfig(
         num_items=config.num_items, num_users=config.num_users, num_events=config.num_events,
-        emb_dim=config.content_dim, new_item_fraction=config.new_item_fraction,
-        new_item_start=config.new_item_start, item_effect=config.item_effect, seed=config.seed))
+        new_item_start=config.new_item_start, seed=config.seed))
     return EventData(content=catalog.content, users=catalog.users.numpy(), items=catalog.items.numpy(),
                      labels=catalog.labels.numpy(), times=catalog.times.numpy(), is_new=catalog.is_new.numpy(),
                      available=catalog.birth.numpy(), num_users=catalog.num_users, probs=catalog.probs.numpy())
 
 
 # ---------------------------------------------------------------------------------------------------- codes
-def make_codes(config: Config, data: EventData, log: List[str]):
-    """Fit the quantizer on items known by the end of training; quantize the later ones with it."""
+def make_codes(config: Config, data: EventData, log: List[str]) -> Tuple[Any, torch.Tensor]:
+    """The quantizer, fitted on the items known by the end of training, and their codes (``-1`` rows: items not
+    known yet, quantized with the same codebooks when they arrive)."""
     import semantic_id
 
     known = data.available < config.train_end
@@ -183,7 +172,7 @@ def make_codes(config: Config, data: EventData, log: List[str]):
     log.append(report.summary())
     codes = torch.full((data.content.shape[0], config.levels), -1, dtype=torch.int64)
     codes[torch.from_numpy(known)] = codes_known
-    return quantizer, codes, known, report, recon
+    return quantizer, codes
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -239,32 +228,30 @@ def train_one(config: Config, parameterization: str, codes: torch.Tensor, quanti
     optimizers = [torch.optim.Adagrad(sparse, lr=config.emb_lr), torch.optim.Adam(dense, lr=config.dense_lr)]
     loss_fn = torch.nn.BCEWithLogitsLoss()
     index = np.flatnonzero(train_mask)
-    users, items, labels, times = data.users, data.items, data.labels, data.times
+    users, items, labels = data.users, data.items, data.labels
     unknown_codes = codes[:, 0] < 0
     started = time.time()
     progressive: List[np.ndarray] = []
-    for epoch in range(config.epochs):
-        steps = range(0, index.size, config.batch_size)
-        bar = tqdm(steps, desc=f"{parameterization} epoch {epoch + 1}", disable=not config.progress, leave=False)
-        for s in bar:
-            rows = index[s : s + config.batch_size]
-            batch_items = torch.from_numpy(items[rows])
-            if parameterization not in ("random", "individual") and bool(unknown_codes[batch_items].any()):
-                # items whose content arrives during training: quantize on arrival (same codebooks)
-                new = torch.unique(batch_items[unknown_codes[batch_items]])
-                transform.add_items(new, data.content[new])
-                unknown_codes[new] = False
-            u = torch.from_numpy(users[rows])
-            y = torch.from_numpy(labels[rows])
-            logits = model(torch.ones(u.numel(), 1), make_kjt(u, batch_items)).reshape(-1)
-            loss = loss_fn(logits, y)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            if epoch == config.epochs - 1:
-                progressive.append(torch.sigmoid(logits.detach()).numpy())
+    bar = tqdm(range(0, index.size, config.batch_size), desc=f"{parameterization} seed {seed}",
+               disable=not config.progress, leave=False)
+    for s in bar:
+        rows = index[s : s + config.batch_size]
+        batch_items = torch.from_numpy(items[rows])
+        if parameterization not in ("random", "individual") and bool(unknown_codes[batch_items].any()):
+            # items whose content arrives during training: quantize on arrival (same codebooks)
+            new = torch.unique(batch_items[unknown_codes[batch_items]])
+            transform.add_items(new, data.content[new])
+            unknown_codes[new] = False
+        u = torch.from_numpy(users[rows])
+        y = torch.from_numpy(labels[rows])
+        logits = model(torch.ones(u.numel(), 1), make_kjt(u, batch_items)).reshape(-1)
+        loss = loss_fn(logits, y)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        progressive.append(torch.sigmoid(logits.detach()).numpy())
     train_ne = normalized_entropy(labels[index], np.concatenate(progressive)) if progressive else float("nan")
     seconds = time.time() - started
     # items born after training get codes on arrival too, before they are served
@@ -362,12 +349,12 @@ def run(config: Config):
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config)
+        return compare(config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(config: Config):
+def compare(config: Config):
     import pandas as pd
 
     np.random.seed(config.seed)
@@ -377,9 +364,9 @@ def _run(config: Config):
     data = load_data(config)
     log: List[str] = [f"data: {data.name}, {data.content.shape[0]} items, {data.num_users} users, "
                       f"{data.labels.size} events, CTR {data.labels.mean():.3f}"]
-    quantizer, codes, known, report, recon = make_codes(config, data, log)
+    quantizer, codes = make_codes(config, data, log)
     n_items = data.content.shape[0]
-    num_buckets = config.num_buckets or max(1, n_items // config.compression)
+    num_buckets = max(1, n_items // config.compression)
     train_mask = data.times < config.train_end
     eval_index = np.flatnonzero(~train_mask)
     segment = item_segments(data.items[train_mask], data.is_new, n_items)[data.items[eval_index]]
@@ -456,31 +443,7 @@ def _run(config: Config):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
-    """``Config`` from the command line; ``--quick`` sets the quick sizes unless a flag sets them explicitly."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = Config()
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if field.name == "progress":
-            parser.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
-                                help="hide progress bars")
-        elif isinstance(default, bool):
-            parser.add_argument(flag, dest=field.name, action="store_true", default=argparse.SUPPRESS,
-                                help=f"smoke run (~30 s): {QUICK}" if field.name == "quick" else field.name)
-        else:
-            parser.add_argument(flag, dest=field.name, type=type(default), default=argparse.SUPPRESS,
-                                help=f"default {default!r}")
-    explicit = vars(parser.parse_args(argv))
-    config = dataclasses.replace(defaults, **explicit)
-    if config.quick:
-        config = quick_config(config, keep=list(explicit))
-    try:
-        check_config(config)
-    except ValueError as error:
-        parser.error(str(error))
-    return config
+    return parse_config(Config, argv, __doc__, QUICK, check_config)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

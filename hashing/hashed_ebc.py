@@ -2,8 +2,9 @@
 
 * ``HashingTransform``: KJT -> KJT, replaces each listed feature's raw ids by ``random_hash(id, buckets, seed)``.
 * ``HashedEmbeddingBagCollection``: the transform in front of an ordinary ``EmbeddingBagCollection`` whose
-  tables have ``num_buckets`` rows. Same input (raw ids of any size >= 0) and output (``KeyedTensor``) as the
-  full-table EBC it replaces, so it works inside ``torchrec.models.dlrm.DLRM``.
+  tables have ``num_buckets`` rows (an ``emb_opt.transformed.TransformedEmbeddingBagCollection``). Same input
+  (raw ids of any size >= 0) and output (``KeyedTensor``) as the full-table EBC it replaces, so it works inside
+  ``torchrec.models.dlrm.DLRM``.
 
 Each table gets its own seed (``seed + table index``) so tables do not share collision patterns. A table that
 keeps all its rows is not hashed at all (its ids index it directly): hashing ``N`` ids into ``N`` buckets would
@@ -19,8 +20,9 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from emb_opt.transformed import TransformedEmbeddingBagCollection
 from hashing.random_hash import HASH_METHODS, check_ids, random_hash
 
 
@@ -132,16 +134,25 @@ def hashed_table_configs(
     return configs
 
 
-class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
-    """Random-hash baseline: ``HashingTransform`` + ``EmbeddingBagCollection`` with fewer rows.
+class HashedEmbeddingBagCollection(TransformedEmbeddingBagCollection):
+    """Random-hash baseline: a ``HashingTransform`` in front of a collection whose tables have fewer rows.
+
+    A ``TransformedEmbeddingBagCollection``: ``transforms`` holds the one ``HashingTransform``, ``collection`` the
+    hashed tables; ``virtual_configs`` keeps the full tables (raw id ranges), which ``emb_opt.memory_report``
+    reads as the rows a full table would have.
 
     Args:
         tables: the full tables (``num_embeddings`` = raw id range, kept as ``virtual_configs``).
         num_buckets / row_fraction / total_row_fraction: rows per table after hashing (``hashed_table_configs``).
         seed: base seed; table ``i`` uses ``seed + i``.
         method: "mix" or "modulo".
-        collection_factory: builds the inner collection from the hashed configs (default: a plain
+        collection_factory: builds the collection from the hashed configs (default: a plain
             ``EmbeddingBagCollection``; e.g. a ``FusedEmbeddingBagCollection`` for a fused optimizer).
+
+    Example::
+
+        ebc = HashedEmbeddingBagCollection(tables, total_row_fraction=0.05)  # 5% of the rows, DLRM-style cap
+        pooled = ebc(kjt_of_raw_ids)
     """
 
     def __init__(
@@ -156,8 +167,6 @@ class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         device: Optional[torch.device] = None,
         collection_factory: Optional[Callable[[List[EmbeddingBagConfig]], EmbeddingBagCollectionInterface]] = None,
     ) -> None:
-        super().__init__()
-        self.virtual_configs = [copy.deepcopy(t) for t in tables]
         hashed = hashed_table_configs(tables, num_buckets, row_fraction, total_row_fraction)
         buckets: Dict[str, int] = {}
         seeds: Dict[str, int] = {}
@@ -169,17 +178,9 @@ class HashedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             for feature in config.feature_names or [config.name]:
                 buckets[feature] = config.num_embeddings
                 seeds[feature] = seed + index
-        self.transform = HashingTransform(buckets, seeds, method, identity)
         if collection_factory is None:
-            self.ebc = EmbeddingBagCollection(tables=hashed, is_weighted=is_weighted, device=device)
+            collection = EmbeddingBagCollection(tables=hashed, is_weighted=is_weighted, device=device)
         else:
-            self.ebc = collection_factory(hashed)
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return self.ebc(self.transform(features))
-
-    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
-        return self.ebc.embedding_bag_configs()
-
-    def is_weighted(self) -> bool:
-        return self.ebc.is_weighted()
+            collection = collection_factory(hashed)
+        super().__init__([HashingTransform(buckets, seeds, method, identity)], collection)
+        self.virtual_configs = [copy.deepcopy(t) for t in tables]

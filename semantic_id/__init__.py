@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 # The TorchRec pieces are imported when first asked for, so codes, quantizers and parameterizations import on a
-# machine without TorchRec (the GPU machines that run experiments/gpu_check.py).
+# machine without TorchRec (the GPU machines, which run the kernel tests).
 _TORCHREC_EXPORTS = {
     "SemanticIdTransform": "semantic_id.transform",
     "UNKNOWN_ID_POLICIES": "semantic_id.transform",

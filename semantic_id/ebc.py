@@ -4,8 +4,9 @@
   ``EmbeddingBagConfig`` (raw-id features, ``num_embeddings`` = raw id range), the transform(s) for its features
   and an EBC whose table has the rows the tokens need (``H``, plus reserved fallback rows).
 * ``SemanticIdEmbeddingBagCollection(transforms, ebc)``: KJT of raw ids -> ``KeyedTensor``, the transforms then
-  the collection; ``from_tables(tables, codes={feature: codes}, ...)`` builds it for a whole model (tables without
-  codes pass through with their raw ids). Same input / output as the EBC it replaces, so it fits
+  the collection (an ``emb_opt.transformed.TransformedEmbeddingBagCollection``: ``.transforms``,
+  ``.collection``); ``from_tables(tables, codes={feature: codes}, ...)`` builds it for a whole model (tables
+  without codes pass through with their raw ids). Same input / output as the EBC it replaces, so it fits
   ``torchrec.models.dlrm.DLRM(embedding_bag_collection=...)``.
 
 The collection is built as ``ebc_cls(tables=configs, **ebc_kwargs)``: ``EmbeddingBagCollection`` by default, or
@@ -22,9 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from emb_opt.transformed import TransformedEmbeddingBagCollection
 from semantic_id.transform import SemanticIdTransform
 
 
@@ -71,18 +72,26 @@ def semantic_id_pair(
     return transform, ebc
 
 
-class SemanticIdEmbeddingBagCollection(EmbeddingBagCollectionInterface):
+class SemanticIdEmbeddingBagCollection(TransformedEmbeddingBagCollection):
     """``transforms`` (raw ids -> tokens, KJT -> KJT) followed by ``ebc`` (tokens -> pooled ``KeyedTensor``).
 
-    Checks that every transformed feature is in ``ebc`` and its table has the rows the tokens need.
+    A ``TransformedEmbeddingBagCollection`` (``.transforms``, ``.collection``) that checks that every
+    transformed feature is in the collection and its table has the rows the tokens need.
+
+    Args:
+        transforms: one ``SemanticIdTransform`` or several (features of one or more tables).
+        ebc: the collection of the token tables (and of any features that keep raw ids).
+
+    Example::
+
+        ebc = SemanticIdEmbeddingBagCollection.from_tables(tables, {"item": codes}, num_buckets=5000)
+        pooled = ebc(kjt_of_raw_ids)
     """
 
     def __init__(self, transforms: Union[SemanticIdTransform, Sequence[SemanticIdTransform]], ebc: nn.Module) -> None:
-        super().__init__()
         if isinstance(transforms, SemanticIdTransform):
             transforms = [transforms]
-        self.transforms = nn.ModuleList(list(transforms))
-        self.ebc = ebc
+        super().__init__(transforms, ebc)
         rows_of: Dict[str, int] = {}
         for table in ebc.embedding_bag_configs():
             for feature in table.feature_names or [table.name]:
@@ -127,17 +136,3 @@ class SemanticIdEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         if unused:
             raise ValueError(f"codes given for {sorted(unused)}, which is no table or feature of the tables")
         return cls(transforms, ebc_cls(tables=configs, **(ebc_kwargs or {})))
-
-    def transform(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        for transform in self.transforms:
-            features = transform(features)
-        return features
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        return self.ebc(self.transform(features))
-
-    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
-        return self.ebc.embedding_bag_configs()
-
-    def is_weighted(self) -> bool:
-        return bool(self.ebc.is_weighted())

@@ -1,10 +1,12 @@
 """experiments.bench_fiited: a tiny run prints and appends every method; bad arguments stop it before any timing."""
+import re
+
 import pytest
 
 from experiments import bench_fiited
 
-TINY = ["--batch-size", "32", "--dim", "16", "--chunk-size", "8", "--cardinality-scale", "0.001", "--steps", "2",
-        "--threads", "1"]
+TINY = ["--batch-size", "32", "--embedding-dim", "16", "--chunk-size", "8", "--cardinality-scale", "0.001",
+        "--steps", "2"]
 
 
 def test_tiny_run_times_every_method(tmp_path):
@@ -15,18 +17,18 @@ def test_tiny_run_times_every_method(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
-    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--steps", "two"], "argument --steps: invalid int value: 'two'"),
     (["--budgets", "0.1,abc"], "budgets must be comma-separated numbers"),
     (["--budgets", "1.5"], r"budgets must be fractions in \(0, 1\]"),
-    (["--chunk-size", "5"], "--dim 16 is not divisible by --chunk-size 5"),
+    (["--chunk-size", "5"], "--embedding-dim 16 is not divisible by --chunk-size 5"),
 ])
 def test_bad_arguments_stop_before_timing(args, message, capsys, monkeypatch):
     monkeypatch.setattr(bench_fiited, "time_steps", lambda *a, **k: pytest.fail("timed despite a bad argument"))
     with pytest.raises(SystemExit) as exit_info:
         bench_fiited.main(TINY + args)
     assert exit_info.value.code == 2
-    import re
     assert re.search(message, capsys.readouterr().err)
 
 

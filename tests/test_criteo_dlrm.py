@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 from experiments import criteo_dlrm
-from experiments.methods import parse_methods
 
 TINY = ["--steps", "4", "--batch-size", "128", "--eval-batches", "2", "--eval-batch-size", "256",
         "--cardinality-scale", "0.002", "--warmup-steps", "2", "--resize-interval", "1", "--no-progress",
@@ -27,6 +26,16 @@ def test_every_method_runs_and_is_reported(tmp_path):
     assert os.path.getsize(tmp_path / "telemetry_fiited@0.1.png") > 1000
 
 
+@pytest.mark.distributed
+def test_sharded_run_on_two_processes(tmp_path, capfd):
+    df = criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full,fiited,fiited_sid", "--budgets", "0.1",
+                                  "--nproc", "2"])
+    assert list(df["method"]) == ["full", "fiited@0.1", "fiited_sid@0.1"] and (df["nproc"] == 2).all()
+    assert df["auc"].between(0, 1).all() and (df["samples"] == 4 * 128).all()  # 4 global steps of 128 samples
+    assert (df.loc[df["method"] != "full", "bytes_fraction"] <= 0.1).all() and df["bytes_fraction"][0] == 1.0
+    assert capfd.readouterr().out.count("sharding plan (2 ranks)") == 1  # the first FIITED method's (rank 0)
+
+
 def test_real_criteo_files_path(tmp_path):
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
     day = tmp_path / "data"
@@ -40,11 +49,14 @@ def test_real_criteo_files_path(tmp_path):
     assert list(df["method"]) == ["full", "fiited@0.5"]  # no item content in Criteo files: sid is skipped
 
 
-def test_bad_method_arguments():
+def test_bad_method_arguments(capsys):
     with pytest.raises(ValueError, match="unknown method"):
-        parse_methods("full,magic", "0.1")
+        criteo_dlrm.runs(criteo_dlrm.Config(methods="full,magic", budgets="0.1"))
     with pytest.raises(ValueError, match="fractions in"):
-        parse_methods("hash", "1.5")
+        criteo_dlrm.runs(criteo_dlrm.Config(methods="hash", budgets="1.5"))
+    with pytest.raises(SystemExit):  # from the command line: stops before anything runs
+        criteo_dlrm.main(TINY + ["--methods", "full,magic"])
+    assert "unknown method(s) ['magic']" in capsys.readouterr().err
 
 
 def test_fiited_options_reach_the_collection(tmp_path, monkeypatch):
@@ -59,14 +71,14 @@ def test_fiited_options_reach_the_collection(tmp_path, monkeypatch):
 
     monkeypatch.setattr(FiitedEmbeddingBagCollection, "__init__", spy)
     criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--budgets", "0.1",
-                             "--fiited-options", "utility=freq, position_exponent=2,prefix_dropout=0.25"])
+                             "--utility", "freq", "--position-exponent=2", "--prefix_dropout", "0.25"])
     (config,) = seen
     assert config.utility.value == "freq" and config.position_exponent == 2 and config.prefix_dropout == 0.25
-    with pytest.raises(ValueError, match="not NAME=VALUE"):
-        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--fiited-options", "utilty=freq"])
+    with pytest.raises(SystemExit):
+        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "fiited", "--utilty", "freq"])
 
 
-def test_data_options_reach_the_generator(tmp_path, monkeypatch):
+def test_generator_options_reach_the_generator(tmp_path, monkeypatch, capsys):
     from experiments.data import synthetic_criteo
 
     seen = []
@@ -77,16 +89,37 @@ def test_data_options_reach_the_generator(tmp_path, monkeypatch):
         seen.append(self.config)
 
     monkeypatch.setattr(synthetic_criteo.SyntheticCriteo, "__init__", spy)
-    criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full",
-                             "--data-options", "latent_dim=4, zipf_exponent=1,interaction_scale=0.9"])
+    df = criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--latent-dim", "4",
+                                  "--interaction-scale", "1"])
     (config,) = seen
-    assert (config.latent_dim, config.zipf_exponent, config.interaction_scale) == (4, 1.0, 0.9)
-    assert isinstance(config.zipf_exponent, float)
-    with pytest.raises(ValueError, match="--data-options: 'seed=3' is not NAME=VALUE"):
-        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--data-options", "seed=3"])
-    with pytest.raises(ValueError, match="does not apply with --data-dir"):
-        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--data-options", "latent_dim=4",
+    assert (config.latent_dim, config.interaction_scale) == (4, 1.0)
+    assert isinstance(config.interaction_scale, float)
+    assert "latent_dim=4, interaction_scale=1.0" in pd.read_csv(tmp_path / "results.csv")["data"][0]
+    assert len(df) == 1
+    with pytest.raises(SystemExit):  # the seed is --seeds; the generator takes no other option
+        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--seed", "3"])
+    assert "unrecognized arguments: --seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full", "--latent-dim", "4",
                                  "--data-dir", str(tmp_path)])
+    assert "--latent-dim configures the synthetic generator; it does not apply with --data-dir" in capsys.readouterr().err
+
+
+def test_a_config_file_then_options(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"methods": ["full", "fiited"], "budgets": [0.1], "latent_dim": 4, "steps": 3, "quick": true}')
+    config = criteo_dlrm.parse_args([str(path), "--steps=5", "--no-progress"])
+    assert (config.methods, config.budgets, config.latent_dim, config.steps) == ("full,fiited", "0.1", 4, 5)
+    assert config.batch_size == criteo_dlrm.QUICK["batch_size"] and not config.progress  # quick: what is not set
+    path.write_text('{"stepz": 3}')
+    with pytest.raises(SystemExit):
+        criteo_dlrm.parse_args([str(path)])
+    path.write_text('{"steps": "3"}')
+    with pytest.raises(SystemExit):
+        criteo_dlrm.parse_args([str(path)])
+    shipped = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "second_generator.json")
+    config = criteo_dlrm.parse_args([shipped, "--seeds=1,2,3"])
+    assert (config.latent_dim, config.interaction_scale, config.seeds) == (32, 1.0, "1,2,3")
 
 
 def test_several_seeds_are_summarised(tmp_path):

@@ -120,18 +120,16 @@ def test_dlrm_evaluates_in_eval_batches_right_after_training_and_can_skip_bad_li
     touch(day, "day_0", lines[:150] + ["not a criteo line"] + lines[150:])
     args = ["--data-dir", str(day), "--row-budget", "1000", "--steps", "2", "--batch-size", "64",
             "--eval-batches", "2", "--eval-batch-size", "50", "--no-progress"]
-    source = criteo_dlrm.DataSource(criteo_dlrm.parse_args(args))
     with pytest.raises(ValueError, match=r"day_0: line 151"):
-        source.eval_batches()  # lines 129-228 hold the bad line
-    source = criteo_dlrm.DataSource(criteo_dlrm.parse_args(args + ["--skip-bad-lines"]))
+        criteo_dlrm.load_data(criteo_dlrm.parse_args(args), seed=0)  # eval: lines 129-228 hold the bad line
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batches = source.eval_batches()
+        data = criteo_dlrm.load_data(criteo_dlrm.parse_args(args + ["--skip-bad-lines"]), seed=0)
     assert [str(w.message).split(" of ")[0] for w in caught] == ["CriteoTsvReader skipped 1 malformed line(s)"]
-    assert [int(b.labels.numel()) for b in batches] == [50, 49]
-    short = criteo_dlrm.DataSource(criteo_dlrm.parse_args(args[:-5] + ["--eval-batches", "10", "--eval-batch-size",
-                                                                          "50", "--no-progress", "--skip-bad-lines"]))
+    assert [int(b.labels.numel()) for b in data.eval_batches] == [50, 49]
+    short = criteo_dlrm.parse_args(args[:-5] + ["--eval-batches", "10", "--eval-batch-size", "50", "--no-progress",
+                                                "--skip-bad-lines"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the skipped line
         with pytest.warns(RuntimeWarning, match=r"hold only 173 lines after the 128 training lines"):
-            short.eval_batches()
+            criteo_dlrm.load_data(short, seed=0)

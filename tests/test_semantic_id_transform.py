@@ -159,7 +159,7 @@ def test_dlrm_with_semantic_id_collection_trains():
     logits = model(torch.randn(2, 2), features)
     assert logits.shape == (2, 1)
     logits.sum().backward()
-    grad = collection.ebc.embedding_bags["t_item"].weight.grad
+    grad = collection.collection.embedding_bags["t_item"].weight.grad
     touched = sorted(set((grad.abs().sum(1) > 0).nonzero().flatten().tolist()))
     assert touched == sorted({t % 16 for t in PREFIX[2] + PREFIX[1]})
     # state_dict of the whole model carries the codes table

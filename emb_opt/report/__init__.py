@@ -22,7 +22,7 @@ fused optimizer's real state for a ``FusedEmbeddingBagCollection``); ``compressi
 ``dims_histogram`` counts *virtual* rows by the dimension they read: ``"0:9520 16:300 32:120"`` (dim 0 = rows
 without any chunk). A hashed table's virtual rows all read a full (shared) vector; ``physical_rows`` says how
 many vectors are stored. From a bare state_dict a hashed collection is indistinguishable from a dense EBC
-(its transform has no state): it is reported as the dense ``<prefix>.ebc``.
+(its transform has no state): it is reported as the dense ``<prefix>.collection``.
 
 The package: ``rows`` (the row model and the DataFrame), ``accounting`` (the rows of one collection),
 ``discovery`` (``memory_report``: finding the collections), ``plots`` (figures), ``cli`` (``python -m

@@ -1,4 +1,2 @@
-"""Data sources for the Criteo experiments; each yields ``torchrec.datasets.utils.Batch``."""
-from experiments.data.batch import CAT_NAMES, INT_NAMES, make_batch
-
-__all__ = ["CAT_NAMES", "INT_NAMES", "make_batch"]
+"""Data for the experiments: synthetic Criteo-shaped data and real Criteo TSV files (``torchrec`` ``Batch``es),
+synthetic and file item catalogs (event logs with content embeddings)."""

@@ -1,19 +1,21 @@
-"""The batch type every data source yields: TorchRec's ``Batch`` (dense [B, 13], sparse KJT, labels [B]).
+"""Criteo's features as TorchRec sees them: the ``Batch`` every data source yields (dense [B, 13], sparse KJT,
+labels [B]) and the 26 tables a model has for them.
 
 Criteo has one id per categorical feature per sample, so the KJT has 26 keys (``cat_0`` .. ``cat_25``, TorchRec's
-``DEFAULT_CAT_NAMES``) with every length 1 -- except where a source marks an empty field as an empty bag.
+``DEFAULT_CAT_NAMES``) with every length 1 -- except where a source marks an empty field as an empty bag. Table
+``t_<feature>`` holds feature ``<feature>``.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
-from torchrec.datasets.criteo import DEFAULT_CAT_NAMES, DEFAULT_INT_NAMES
+from torchrec import EmbeddingBagConfig
+from torchrec.datasets.criteo import DEFAULT_CAT_NAMES
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 CAT_NAMES: List[str] = list(DEFAULT_CAT_NAMES)
-INT_NAMES: List[str] = list(DEFAULT_INT_NAMES)
 
 
 def make_batch(
@@ -44,3 +46,9 @@ def make_batch(
         values = values[mask]
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values.to(torch.int64), lengths=lengths)
     return Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels.float())
+
+
+def criteo_tables(rows: Sequence[int], embedding_dim: int) -> List[EmbeddingBagConfig]:
+    """One table ``t_<feature>`` of ``rows[i]`` rows per categorical feature, in feature order."""
+    return [EmbeddingBagConfig(name=f"t_{name}", embedding_dim=embedding_dim, num_embeddings=n, feature_names=[name])
+            for name, n in zip(CAT_NAMES, rows)]

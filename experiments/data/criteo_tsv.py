@@ -1,6 +1,7 @@
-"""Stream the raw Criteo TSV files (Kaggle ``train.txt``/``test.txt``, Terabyte ``day_0`` .. ``day_23``, plain or
-``.gz``) as TorchRec ``Batch``es: dense ``[B, 13]`` float32, a KJT with keys ``cat_0`` .. ``cat_25`` and one id per
-bag (``B`` values per key), labels ``[B]``.
+"""Raw Criteo TSV files -> TorchRec ``Batch``es: one vectorised parser and its reader (one piece, hence its length).
+
+Reads Kaggle ``train.txt``/``test.txt`` or Terabyte ``day_0`` .. ``day_23``, plain or ``.gz``, as dense ``[B, 13]``
+float32, a KJT with keys ``cat_0`` .. ``cat_25`` and one id per bag (``B`` values per key), labels ``[B]``.
 
 Format: one sample per line, tab-separated, no header, 40 columns: ``label`` (0/1), ``I1``..``I13`` (integers,
 possibly empty; float text such as ``260.0`` and negatives such as ``-2`` occur and are accepted), ``C1``..``C26``
@@ -18,19 +19,15 @@ Preprocessing (as the DLRM reference):
   - ``vocabulary`` (``experiments.data.criteo_vocab``): frequency-thresholded contiguous ids.
 ``num_embeddings_per_feature()`` gives the 26 table sizes a DLRM needs for the chosen mapping.
 
-Why not ``torchrec.datasets.criteo.CriteoIterDataPipe``: its ``_default_row_mapper`` casts every field of every line
-with a Python call (40 calls/line; ~50-80k lines/s for the mapper alone, before reading, batching, log or hex), too
-slow for the 45M-line Kaggle file or the ~4.4B lines of Terabyte; it also maps empty and malformed fields silently
-to 0. Here a file is read in blocks of whole lines (``chunk_bytes``, default 8 MiB ~ 30k lines; a file is never
-held whole) and each block is parsed vectorised: separators are found in one numpy pass over the bytes; the 8
-bytes of every categorical field are gathered as one word and decoded by a byte lookup table (``binascii``'s C
-table on the whole column; the numpy table ``_HEX`` only when that fails, to find the bad fields); the dense fields
-are copied into one fixed-width byte-string column (at most 64 characters) and parsed by numpy's float cast.
-Validation is vectorised too; only when a field fails is the exact line and column found, and the ``ValueError``
-names the file, the 1-based line number, the column (1-based, as ``cut -f``, and its name such as ``C3``/``I5``)
-and the text. ``skip_bad_lines=True`` drops such lines instead, counting them in ``reader.stats`` (``lines_read``,
-``bad_lines``, the first ``MAX_BAD_EXAMPLES`` descriptions) and warning once at the end of the pass. Measured
-~200-300k lines/s end to end on one core (parse alone ~330k lines/s).
+Why not ``torchrec.datasets.criteo.CriteoIterDataPipe``: its row mapper casts every field of every line with a
+Python call, too slow for the 45M-line Kaggle file or Terabyte's billions, and maps empty and malformed fields
+silently to 0. Here a file is read in blocks of whole lines (``chunk_bytes``; a file is never held whole) and each
+block is parsed vectorised: separators in one numpy pass over the bytes, the 8 bytes of every categorical field
+decoded as one word (``binascii``; the table ``_HEX`` only to find bad fields), the dense fields as one fixed-width
+byte-string column (at most 64 characters) through numpy's float cast. Only when a field fails is its line found:
+the ``ValueError`` names the file, the 1-based line, the column (1-based, as ``cut -f``, and its name such as
+``C3``/``I5``) and the text; ``skip_bad_lines=True`` drops such lines instead, counting them in ``reader.stats``
+and warning once at the end of the pass.
 """
 from __future__ import annotations
 
@@ -41,7 +38,7 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,15 +46,11 @@ from torchrec.datasets.criteo import CAT_FEATURE_COUNT, INT_FEATURE_COUNT
 from torchrec.datasets.utils import Batch
 
 from experiments.data.batch import CAT_NAMES, make_batch
-from hashing import random_hash
-
-if TYPE_CHECKING:
-    from experiments.data.criteo_vocab import CriteoVocabulary
+from hashing import HASH_METHODS, random_hash
 
 PathLike = Union[str, "os.PathLike[str]"]
 EMPTY_ID = 1 << 32  # raw id of an empty categorical field: just past the 8-hex-digit range
 UNLABELED = -1  # label of every sample read with has_label=False
-HASH_METHODS = ("modulo", "mix")
 TSV_COLUMNS: List[str] = (
     ["label"] + [f"I{i + 1}" for i in range(INT_FEATURE_COUNT)] + [f"C{i + 1}" for i in range(CAT_FEATURE_COUNT)]
 )
@@ -340,7 +333,15 @@ def iter_raw_chunks(
             return
 
 
-def _as_path_list(paths: Union[PathLike, Iterable[PathLike]]) -> List[str]:
+class IdMapping(Protocol):
+    """Raw categorical values -> row ids, e.g. ``experiments.data.criteo_vocab.CriteoVocabulary``."""
+
+    def lookup(self, cats: np.ndarray, empty: np.ndarray) -> np.ndarray: ...
+
+    def num_embeddings_per_feature(self) -> List[int]: ...
+
+
+def as_path_list(paths: Union[PathLike, Iterable[PathLike]]) -> List[str]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not items:
         raise ValueError("no Criteo TSV paths given")
@@ -393,11 +394,11 @@ class CriteoTsvReader:
         drop_last: bool = False,
         has_label: bool = True,
         max_lines: Optional[int] = None,
-        vocabulary: Optional["CriteoVocabulary"] = None,
+        vocabulary: Optional[IdMapping] = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         skip_lines: int = 0,
     ) -> None:
-        self.paths = _as_path_list(paths)
+        self.paths = as_path_list(paths)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if hash_method not in HASH_METHODS:

@@ -23,7 +23,7 @@ from typing import Iterable, List, Optional, Sequence, Union
 import numpy as np
 from torchrec.datasets.criteo import CAT_FEATURE_COUNT
 
-from experiments.data.criteo_tsv import DEFAULT_CHUNK_BYTES, PathLike, ReaderStats, _as_path_list, iter_raw_chunks
+from experiments.data.criteo_tsv import DEFAULT_CHUNK_BYTES, PathLike, ReaderStats, as_path_list, iter_raw_chunks
 
 _FORMAT_VERSION = 1
 
@@ -165,7 +165,7 @@ def build_vocabulary(
     empty_counts = np.zeros(CAT_FEATURE_COUNT, dtype=np.int64)
     num_lines = 0
     chunks = iter_raw_chunks(
-        _as_path_list(paths),
+        as_path_list(paths),
         has_label=has_label,
         skip_bad_lines=skip_bad_lines,
         max_lines=max_lines,
