@@ -8,6 +8,7 @@ chunks so distance matrices stay small (``chunk x k`` floats).
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -71,8 +72,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0, init_sample:
         if dead.numel():  # re-seed empty clusters at the worst-served points
             far = torch.argsort(dist, descending=True)[: dead.numel()]
             centroids[dead[: far.numel()]] = x[far]
-        inertia = float(dist.mean())
-        if dead.numel() == 0 and previous - inertia <= tol * max(previous, 1e-12):
-            break
+        inertia = float(dist.mean())  # of the assignment to the centroids before this update
+        if dead.numel() == 0 and math.isfinite(previous) and previous - inertia <= tol * max(previous, 1e-12):
+            break  # converged: the last update lowered the objective by less than tol (relative)
         previous = inertia
     return centroids
