@@ -278,4 +278,9 @@ def test_cli_writes_the_report_and_fails_cleanly(dlrm, cli_runs, tmp_path, capsy
     torch.save({"model": {"linear.weight": torch.zeros(2, 2)}}, empty)
     assert main([str(empty)]) == 2
     assert "no embedding collections" in capsys.readouterr().err
-    assert not (tmp_path / "memory_report.csv").exists()
+    assert not (tmp_path / "empty_report").exists()
+    # without --out, each checkpoint's report goes to its own folder beside it
+    for name in ("a", "b"):
+        emb_opt.save_checkpoint({"model": dlrm.state_dict()}, tmp_path / f"{name}.pt")
+        assert main([str(tmp_path / f"{name}.pt")]) == 0
+    assert (tmp_path / "a_report" / "memory_report.csv").exists() and (tmp_path / "b_report" / "memory_report.csv").exists()

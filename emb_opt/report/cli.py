@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emb_opt.report", description=_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="file written by torch.save (see above)")
-    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: <checkpoint without its extension>_report, beside the checkpoint, so "
+                        "the reports of two checkpoints in one folder do not overwrite each other)")
     p.add_argument("--optimizer", default="rowwise_adagrad", type=_optimizer_argument,
                    help="optimizer state assumed for dense/hashed tables: rowwise_adagrad (default), adagrad, sgd")
     return p
@@ -62,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(f"{args.checkpoint}: {error}")
     from emb_opt.report.plots import plot_memory_report, plot_telemetry, telemetry_frame
 
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    out = args.out or os.path.splitext(os.path.abspath(args.checkpoint))[0] + "_report"
     os.makedirs(out, exist_ok=True)
     df = report_frame(collections)
     written = [os.path.join(out, f"memory_report.{ext}") for ext in ("csv", "json", "png")]
