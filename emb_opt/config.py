@@ -34,9 +34,10 @@ Every knob the design exposes is here with the reason for its default:
 * ``sketch_fraction``: share of the budget for the count-min sketch that remembers the utility of rows or
   chunks that are not stored (so they can be re-admitted when they earn it).
 * ``nonfinite``: what a training step does when its output gradient or per-sample weights hold NaN or inf --
-  "skip" (default, as ``torch.amp.GradScaler`` skips such a step): the fused update does not touch chunks,
-  optimizer state, utilities or the sketch, the step is counted (``counter_dict()["skipped_nonfinite"]``) and
-  warned about once; "raise": a ``FloatingPointError`` naming what was not finite.
+  "skip" (default): no non-finite value reaches chunks, optimizer state, utilities or the sketch (non-finite
+  weights skip the step; a non-finite gradient skips each row it reaches, so a NaN loss skips the whole step,
+  as ``torch.amp.GradScaler`` does), the step is counted (``counter_dict()["skipped_nonfinite"]``) and warned
+  about once; "raise": the step is checked first and raises a ``FloatingPointError`` before anything changes.
 """
 from __future__ import annotations
 

@@ -179,11 +179,19 @@ def pool(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan) -> torch
 def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan, grad_out: torch.Tensor,
                     need_weight_grad: bool) -> Optional[torch.Tensor]:
     """The fused optimizer step and utility update of a training step's backward (``grad_out`` [B, out_dim]);
-    returns the per-sample weights' gradient [nnz] when asked for. A step whose ``grad_out`` or per-sample
-    weights hold NaN / inf follows ``config.nonfinite`` (``skip_nonfinite_step``)."""
+    returns the per-sample weights' gradient [nnz] when asked for.
+
+    NaN / inf in ``grad_out`` or the per-sample weights (``config.nonfinite``): with "skip", no non-finite value
+    reaches the store -- non-finite weights skip the whole step; a non-finite gradient skips, on the CPU, each row
+    it reaches (the kernel checks each row's gradient as it sums it; a NaN loss reaches every row, so such a step
+    leaves the store unchanged), on CUDA the whole step (checked first) -- and the step is counted
+    (``skipped_nonfinite``) and warned about once; with "raise", the step is checked first and raises
+    ``FloatingPointError`` before anything changes."""
     config = store.config
-    if not _all_finite(grad_out, plan.weights):
-        return skip_nonfinite_step(store, layout, plan, grad_out, need_weight_grad)
+    whole_step = config.nonfinite == "raise" or grad_out.is_cuda  # else the CPU kernel checks the gradient by row
+    if not _all_finite(grad_out if whole_step else None, plan.weights):
+        _note_nonfinite_step(store, plan)
+        return occurrence_weight_grad(store, layout, plan, grad_out) if need_weight_grad else None
     candidate, weight_grad = ops.chunk_bag_backward_update_(
         store.pool_weights, store.optimizer_state, store.slot_utility, grad_out, plan.slots, plan.row_keys,
         plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
@@ -193,32 +201,36 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
     wanting = (plan.slots >= 0).sum(1) < store.chunks_of(plan.row_keys)
     if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks
         wanting &= ~plan.truncated
+    if not grad_out.is_cuda:
+        skipped = torch.isnan(candidate)  # rows the CPU kernel left alone: their gradient was not finite
+        if bool(skipped.any()):
+            _note_nonfinite_step(store, plan)
+            wanting &= ~skipped
     store.sketch_add(plan.row_keys[wanting], candidate[wanting])
     return weight_grad if need_weight_grad else None
 
 
-def _all_finite(grad_out: torch.Tensor, weights: Optional[torch.Tensor]) -> bool:
-    """Whether the gradient and the weights hold no NaN / inf: one float32 sum of each (a NaN or an inf anywhere
-    makes it non-finite; so would a sum past 3.4e38, which only a diverged step reaches)."""
-    total = grad_out.sum(dtype=torch.float32)
-    if weights is not None:
-        total = total + weights.sum(dtype=torch.float32)
+def _all_finite(grad_out: Optional[torch.Tensor], weights: Optional[torch.Tensor]) -> bool:
+    """Whether the gradient and the weights (those given) hold no NaN / inf: one float32 sum of each (a NaN or an
+    inf anywhere makes it non-finite; so would a sum past 3.4e38, which only a diverged step reaches)."""
+    total = torch.zeros((), dtype=torch.float32)
+    for tensor in (grad_out, weights):
+        if tensor is not None:
+            total = total + tensor.sum(dtype=torch.float32).cpu()
     return bool(torch.isfinite(total))
 
 
-def skip_nonfinite_step(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan, grad_out: torch.Tensor,
-                        need_weight_grad: bool) -> Optional[torch.Tensor]:
-    """A step whose gradient or per-sample weights are not finite: raise (``nonfinite="raise"``) or leave chunks,
-    optimizer state, utilities and the sketch as they are, count it and warn once (``"skip"``)."""
+def _note_nonfinite_step(store: VhpiChunkStore, plan: BatchPlan) -> None:
+    """A step with NaN / inf in its gradient or weights: raise (``nonfinite="raise"``), or count it and warn once."""
     what = "output gradient" if plan.weights is None else "output gradient or per-sample weights"
     if store.config.nonfinite == "raise":
         raise FloatingPointError(f"FIITED: the {what} of this training step hold NaN or inf (nonfinite='raise')")
     store.count(StoreCounter.SKIPPED_NONFINITE)
     if not store.warned_nonfinite:
         store.warned_nonfinite = True
-        warnings.warn(f"FIITED: the {what} of a training step hold NaN or inf; its update was skipped, the store is "
-                      "unchanged (warned once; see counter_dict()['skipped_nonfinite'])", RuntimeWarning, stacklevel=2)
-    return occurrence_weight_grad(store, layout, plan, grad_out) if need_weight_grad else None
+        warnings.warn(f"FIITED: the {what} of a training step hold NaN or inf; no row they reach was updated (a NaN "
+                      "loss reaches every row: the step left the store unchanged). Warned once; see "
+                      "counter_dict()['skipped_nonfinite']", RuntimeWarning, stacklevel=4)
 
 
 def occurrence_weight_grad(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan,

@@ -132,3 +132,22 @@ def test_every_buffer_fits_the_budget_mixed_pooling_included(budget):
             everything = sum(b.numel() * b.element_size() for b in m.buffers())
             assert everything == m.memory_bytes() <= budget
     assert int(emb_opt.memory_report(m).iloc[-1]["total_bytes"]) == m.memory_bytes()
+
+
+def test_a_gradient_nan_in_one_sample_reaches_no_stored_value():
+    # the CPU kernel checks each row's gradient as it sums it: the rows the NaN sample reaches are left alone,
+    # the others train; nothing non-finite enters the store
+    m = trained()
+    before = _live(store_tensors(m))
+    out = m(random_kjt(2)).values()  # rows already stored: nothing is admitted
+    mask = torch.ones_like(out)
+    mask[1] = math.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (out * mask).sum().backward()
+    assert any("NaN or inf" in str(w.message) for w in caught)
+    assert m.store.counter_dict()["skipped_nonfinite"] == 1
+    after = _live(store_tensors(m))
+    assert all(torch.isfinite(v).all() for v in after.values())
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert 0 < len(changed) < len(before)  # the other rows trained, the reached ones did not

@@ -227,3 +227,44 @@ def test_backward_gradient_matches_autograd_for_sgd():
                                    case["feature_cols"], case["batch"], 1, 0, 1.0, 0.0, 0, False)
     assert bool(pool.grad.abs().sum() > 0)
     assert_close(case["pool"] - updated, pool.grad, "pool step")
+
+
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
+def test_backward_skips_rows_whose_gradient_is_not_finite(impl):
+    # one bag's gradient is NaN: every row it reaches keeps its chunks, state and utilities bit for bit and gets
+    # a NaN candidate; the other rows update as without it. (On CUDA the caller checks the whole step first.)
+    op = reference.chunk_bag_backward_update_ if impl == "reference" else ops.chunk_bag_backward_update_
+    case = make_case("c4", 3)
+    rk, _, uo, uocc, ob, _ = reference.chunk_bag_unique(*unique_args(case))
+    entries, slots = reference.vhpi_lookup_runs(*lookup_args(case, rk))
+    grad_out = torch.randn(case["batch"], case["out_dim"], generator=case["gen"])
+    bad = grad_out.clone()
+    bad[1, case["feature_cols"][0]] = float("nan")  # sample 1 of feature 0: reaches the rows of that bag
+    reached = torch.zeros(rk.numel(), dtype=torch.bool)
+    occurrences = torch.arange(int(case["offsets"][1]), int(case["offsets"][2]))  # bag (feature 0, sample 1)
+    owner = torch.repeat_interleave(torch.arange(rk.numel()), uo[1:] - uo[:-1])
+    by_occurrence = torch.empty_like(owner)
+    by_occurrence[uocc.long()] = owner
+    reached[by_occurrence[occurrences]] = True
+    assert 0 < int(reached.sum()) < rk.numel()
+    state0 = torch.rand(case["entry_keys"].numel(), 1, generator=case["gen"])
+    util0 = torch.rand(case["pool"].shape[0], generator=case["gen"])
+    results = {}
+    for name, g in (("clean", grad_out), ("nan", bad)):
+        pool, state, util = case["pool"].clone(), state0.clone(), util0.clone()
+        candidate, _ = op(pool, state, util, g, slots, rk, uo, uocc, ob, case["offsets"], None, case["table_chunks"],
+                          case["feature_cols"], case["batch"], 0, ROWWISE, 0.05, 1e-8, 2, False, entries)
+        results[name] = (pool, state, util, candidate)
+    pool, state, util, candidate = results["nan"]
+    assert torch.isnan(candidate[reached]).all() and not torch.isnan(candidate[~reached]).any()
+    reached_slots = slots[reached][slots[reached] >= 0].long()
+    other_slots = slots[~reached][slots[~reached] >= 0].long()
+    assert_same(pool[reached_slots], case["pool"][reached_slots], "pool of the skipped rows")
+    assert_same(util[reached_slots], util0[reached_slots], "utility of the skipped rows")
+    reached_entries = entries[reached & (slots[:, 0] >= 0)].long()
+    assert_same(state[reached_entries], state0[reached_entries], "row-wise state of the skipped rows")
+    assert torch.isfinite(pool).all() and torch.isfinite(state).all() and torch.isfinite(util).all()
+    clean_pool, _, clean_util, clean_candidate = results["clean"]
+    assert_same(pool[other_slots], clean_pool[other_slots], "pool of the other rows")
+    assert_same(util[other_slots], clean_util[other_slots], "utility of the other rows")
+    assert_same(candidate[~reached], clean_candidate[~reached], "candidates of the other rows")

@@ -164,6 +164,9 @@ def chunk_bag_backward_update_(
     else:
         score = norm_sum
     k = torch.arange(max_chunks).unsqueeze(0)
+    # a row whose gradient (live chunks and the next one) is not finite is skipped: no update, candidate NaN
+    finite = (torch.isfinite(norm_sum) | (k >= torch.minimum(live + 1, chunks).unsqueeze(1))).all(1)
+    live = torch.where(finite, live, torch.zeros_like(live))
     is_live = k < live.unsqueeze(1)
     u_idx, k_idx = is_live.nonzero(as_tuple=True)
     s = slots[u_idx, k_idx].to(torch.int64)
@@ -182,8 +185,9 @@ def chunk_bag_backward_update_(
         mult = torch.zeros(num_unique)
         mult[rows] = lr / (optim_state[entry, 0].sqrt() + eps)
         pool[s] -= mult[u_idx].unsqueeze(1) * g
-    has_next = live < chunks
+    has_next = (live < chunks) & finite
     candidate = torch.zeros(num_unique)
     rows = has_next.nonzero().reshape(-1)
     candidate[rows] = score[rows, live[rows]]
+    candidate[~finite] = float("nan")
     return candidate, weight_grad

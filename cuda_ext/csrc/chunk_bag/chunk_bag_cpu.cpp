@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -178,6 +179,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tens
         }
       }
       const int64_t last_chunk = std::min(live + 1, chunks);
+      bool finite = true;  // a NaN / inf anywhere in the row's gradient makes a norm sum non-finite
       for (int64_t k = 0; k < last_chunk; ++k) {  // gradient and norm sum of every live chunk and the next one
         float* gk = grad.data() + k * c;
         std::fill(gk, gk + c, 0.0f);
@@ -198,6 +200,11 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tens
           norm_sum += std::sqrt(sq);
         }
         score[k] = utility_score(static_cast<int>(in.utility_rule), count, norm_sum);
+        finite = finite && std::isfinite(norm_sum);
+      }
+      if (!finite) {  // the row keeps its chunks, state and utilities; NaN tells the caller it was skipped
+        cp[u] = std::numeric_limits<float>::quiet_NaN();
+        continue;
       }
       if (live < chunks) cp[u] = score[live];  // the first missing chunk: only its would-be utility
       float row_mult = 0.0f;

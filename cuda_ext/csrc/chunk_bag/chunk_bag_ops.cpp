@@ -41,6 +41,8 @@ TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
   // Adagrad only (each row with live chunks must have one in [0, R), the others -1). grad_out [B, out_dim];
   // weights one per occurrence or None. That no slot appears in two unique rows is the caller's invariant (not
   // checked: the store gives each slot to one row); if broken, the two rows' updates of the slot race or add up.
+  // CPU: a row whose gradient (its live chunks and the next one) holds NaN or inf is skipped -- its chunks,
+  // optimizer state and utilities stay -- and its candidate_score is NaN. (CUDA: the caller checks first.)
   m.def(
       "chunk_bag_backward_update_(Tensor(a!) pool, Tensor(b!) optim_state, Tensor(c!) slot_utility, "
       "Tensor grad_out, Tensor slots, Tensor row_keys, Tensor unique_offsets, Tensor unique_occ, "
