@@ -50,7 +50,7 @@ def test_a_failed_download_says_what_to_run(tmp_path, monkeypatch):
         returncode, stdout, stderr = 1, "", "ERROR: No matching distribution found"
 
     monkeypatch.setattr(wheel_cache.subprocess, "run", lambda *a, **k: Failed())
-    with pytest.raises(RuntimeError, match="could not download nopkg==9.9 .*No matching distribution.*pip download"):
+    with pytest.raises(RuntimeError, match="(?s)could not download nopkg==9.9 .*No matching distribution.*pip download"):
         wheel_cache.fetch_wheel("nopkg", "9.9", str(tmp_path), sha256=None)
 
 
