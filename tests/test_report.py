@@ -228,6 +228,21 @@ def test_plots_are_written(fiited, tmp_path):
     assert not (tmp_path / "none.png").exists() and not (tmp_path / "bad.png").exists()
 
 
+def test_the_telemetry_figure_of_one_resize_shows_it_and_bytes_start_at_zero(fiited):
+    from emb_opt.report.plots import telemetry_figure
+
+    record = dict(fiited.telemetry[-1])
+    record["allocated_bytes"] = 10**7 + 30  # a value an offset axis would show as "+1e7"
+    fig = telemetry_figure([record])
+    counts, _, rows, bytes_axis = fig.axes
+    bars = [p for p in rows.patches if p.get_height() > 0]
+    assert sum(p.get_height() for p in bars) == sum(sum(h) for h in record["rows_by_chunks"].values())
+    for axis in (counts, bytes_axis):
+        assert axis.get_ylim()[0] == 0
+    fig.canvas.draw()
+    assert bytes_axis.yaxis.get_offset_text().get_text() == ""
+
+
 @pytest.fixture(scope="module", autouse=True)
 def cli_runs(dlrm, tmp_path_factory):
     """``python -m emb_opt.report`` on a saved DLRM, on a missing file and on a pickle that would run code, started

@@ -20,6 +20,7 @@ from emb_opt.report.rows import ALL, BYTE_COLUMNS, SHARED, TOTAL, parse_histogra
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
 _CATEGORY_COLORS = {"weights_bytes": "#4C72B0", "optimizer_bytes": "#DD8452", "index_bytes": "#55A868",
                     "utility_bytes": "#C44E52", "metadata_bytes": "#8172B3"}  # fmt: skip
@@ -150,6 +151,16 @@ def plot_telemetry(telemetry: Sequence[Mapping[str, Any]], path: str, chunk_size
 
     ``chunk_size`` only labels chunk counts with their dimension.
     """
+    plt = _pyplot()
+    fig = telemetry_figure(telemetry, chunk_size)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def telemetry_figure(telemetry: Sequence[Mapping[str, Any]], chunk_size: Union[int, None] = None) -> "Figure":
+    """The telemetry figure of ``plot_telemetry``, not yet saved. Counts and bytes are plotted from zero without
+    an axis offset (a wobble of a few bytes stays small); a single resize is drawn as bars and points."""
     _check_telemetry(telemetry)
     plt = _pyplot()
     steps = [int(r["step"]) for r in telemetry]
@@ -160,6 +171,9 @@ def plot_telemetry(telemetry: Sequence[Mapping[str, Any]], path: str, chunk_size
     bx = ax.twinx()
     bx.plot(steps, [r["allocated_bytes"] for r in telemetry], color="#C44E52", marker="x", label="allocated bytes")
     bx.set_ylabel("allocated bytes")
+    for axis in (ax, bx):
+        axis.ticklabel_format(axis="y", style="plain", useOffset=False)
+        axis.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()[0] + bx.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="best")
     ax.set_title("live chunks and allocated memory per resize")
@@ -180,7 +194,13 @@ def plot_telemetry(telemetry: Sequence[Mapping[str, Any]], path: str, chunk_size
         stacks = list(zip(*[_rows_by_chunks(r, width) for r in telemetry]))
         names = [f"{k} chunk{'s' if k > 1 else ''}" + (f" (dim {k * chunk_size})" if chunk_size else "")
                  for k in range(1, width + 1)]
-        rx.stackplot(steps, *stacks, labels=names, alpha=0.85)
+        if len(steps) > 1:
+            rx.stackplot(steps, *stacks, labels=names, alpha=0.85)
+        else:  # one resize: an area over a single step has no width
+            bottom = 0
+            for stack, name in zip(stacks, names):
+                rx.bar(steps, stack, bottom=bottom, label=name, alpha=0.85)
+                bottom += stack[0]
         rx.legend(fontsize=7, loc="upper left", ncol=min(4, width))
     rx.set_ylabel("rows (all tables)")
     rx.set_xlabel("training step")
@@ -189,9 +209,7 @@ def plot_telemetry(telemetry: Sequence[Mapping[str, Any]], path: str, chunk_size
 
     rx.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 Records = Sequence[Mapping[str, Any]]
