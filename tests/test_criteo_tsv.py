@@ -25,7 +25,9 @@ from hashing import random_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "experiments", "data", "sample_criteo.tsv")
-REAL_SAMPLE = "/work/shared/data/criteo_sample_200.tsv"
+# 200 real Kaggle lines (not redistributed here): $EMB_OPT_CRITEO_SAMPLE, else the workspace's shared data folder
+REAL_SAMPLE = os.environ.get("EMB_OPT_CRITEO_SAMPLE",
+                             os.path.join(ROOT, os.pardir, "shared", "data", "criteo_sample_200.tsv"))
 SAMPLE_LINES = 300
 
 # The first lines of the sample, written by hand so their parsed values can be computed by hand.
