@@ -126,10 +126,10 @@ def build_collection(method: str, budget: Optional[float], tables: List[Embeddin
         configs, int(budget * full_bytes(tables)), chunk_size=chunk_size, learning_rate=learning_rate, **options))
 
 
-def build_dlrm(collection: nn.Module, embedding_dim: int, seed: int) -> DLRM:
-    """DLRM around ``collection`` (13 dense features), its dense layers drawn right after
-    ``torch.manual_seed(seed)``: methods draw different amounts of randomness for their tables, and the dense
-    layers must not differ between them."""
+def build_dlrm(collection: nn.Module, embedding_dim: int, seed: int, dense_in_features: int = 13) -> DLRM:
+    """DLRM around ``collection`` (``dense_in_features`` dense features: Criteo's 13 by default), its dense layers
+    drawn right after ``torch.manual_seed(seed)``: methods draw different amounts of randomness for their tables,
+    and the dense layers must not differ between them."""
     torch.manual_seed(seed)
-    return DLRM(embedding_bag_collection=collection, dense_in_features=13,
+    return DLRM(embedding_bag_collection=collection, dense_in_features=dense_in_features,
                 dense_arch_layer_sizes=[128, embedding_dim], over_arch_layer_sizes=[256, 128, 1])
