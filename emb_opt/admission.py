@@ -8,6 +8,8 @@ feature is favoured): whole requests while pool and index fit the budget, then w
 that does not fit whole. The others get no (more) chunks and read as zeros (counted in
 ``denied_admissions``, warned once per store) until a resize frees room. An admitted row's candidate utility
 leaves the sketch and becomes the utility of its new chunks (``VhpiChunkStore.place_rows`` writes them).
+With ``config.doorkeeper``, a row without chunks whose sketch estimate is 0 (no earlier access on record) gets
+none in this step: its first access only leaves its utility in the sketch.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def admit(store: VhpiChunkStore, row_keys: torch.Tensor, slots: torch.Tensor, en
     estimate = store.sketch_estimate(row_keys[wanting])
     theta = torch.cummax(store.thresholds, 0).values
     earned = (theta.unsqueeze(0) <= estimate.unsqueeze(1)).sum(1)
+    if store.config.doorkeeper:  # a row without chunks needs evidence of an earlier access
+        earned = torch.where((live[wanting] == 0) & (estimate <= 0), torch.zeros_like(earned), earned)
     wanted = (torch.minimum(earned, chunks[wanting]) - live[wanting]).clamp(min=0)
     if not allow_moves:
         wanted = torch.where(live[wanting] > 0, torch.zeros_like(wanted), wanted)

@@ -33,6 +33,13 @@ Every knob the design exposes is here with the reason for its default:
   of 128 (~2.7 bytes of buckets per row more than at 0.75, and no insert ever fails in practice).
 * ``sketch_fraction``: share of the budget for the count-min sketch that remembers the utility of rows or
   chunks that are not stored (so they can be re-admitted when they earn it).
+* ``fallback_rows`` F: ids that hold no chunk in a step (never admitted, pruned, or denied while the store is
+  full) read one of F shared rows of their table, trained like chunks (``emb_opt.fallback_rows``), instead of
+  zeros -- the out-of-vocabulary row of a frequency vocabulary (F = 1), CAFE's shared hashed rows (F > 1); 0 = off
+  (they read zeros). Their bytes come out of the budget.
+* ``doorkeeper``: a row without chunks is admitted only once the sketch holds evidence of an earlier access (its
+  first access leaves its utility there), as TinyLFU's doorkeeper keeps one-hit ids out of a cache; rows that hold
+  chunks grow as before. Off: rows are admitted on first touch while the budget allows.
 * ``nonfinite``: what a training step does when its output gradient or per-sample weights hold NaN or inf --
   "skip" (default): no non-finite value reaches chunks, optimizer state, utilities or the sketch (non-finite
   weights skip the step; a non-finite gradient skips each row it reaches, so a NaN loss skips the whole step,
@@ -132,13 +139,15 @@ class FiitedConfig:
     sketch_fraction: float = 0.05
     initial_capacity: int = 1 << 16  # slots allocated at start (grows x1.5 up to the budget)
 
+    fallback_rows: int = 0  # shared rows per table for ids without chunks (0: they read zeros)
+    doorkeeper: bool = False  # admit a row without chunks only from its second access
     nonfinite: str = "skip"  # a step whose output gradient or per-sample weights hold NaN / inf: "skip" or "raise"
 
     def __post_init__(self) -> None:
         self.optimizer = parse_optimizer(self.optimizer)
         self.utility = UtilityRule(self.utility) if not isinstance(self.utility, UtilityRule) else self.utility
         integers = ("chunk_size", "warmup_steps", "resize_interval", "pressure_resize_steps", "init_seed",
-                    "max_probe", "initial_capacity")
+                    "max_probe", "initial_capacity", "fallback_rows")
         for name in integers:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -151,6 +160,8 @@ class FiitedConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"FiitedConfig: {name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
+        if not isinstance(self.doorkeeper, bool):
+            raise ValueError(f"FiitedConfig: doorkeeper must be a bool, got {self.doorkeeper!r}")
         checks = [
             (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -168,6 +179,7 @@ class FiitedConfig:
             (self.max_probe >= 1, f"max_probe must be >= 1, got {self.max_probe}"),
             (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),
             (self.initial_capacity >= 1, f"initial_capacity must be >= 1, got {self.initial_capacity}"),
+            (0 <= self.fallback_rows <= 1 << 20, f"fallback_rows must be in [0, 2^20], got {self.fallback_rows}"),
             (self.nonfinite in ("skip", "raise"), f"nonfinite must be 'skip' or 'raise', got {self.nonfinite!r}"),
         ]
         for ok, message in checks:

@@ -34,6 +34,7 @@ from emb_opt.chunk_store import VhpiChunkStore
 from emb_opt.config import FiitedConfig, merge_config
 from emb_opt.declared_optimizer import optimizer_from_fused_params, resolve_optimizer_options
 from emb_opt.dense_import import import_dense_weights
+from emb_opt.fallback_rows import FallbackLookup, FallbackRows
 from emb_opt.resize import resize_due, resize_store
 from emb_opt.store_step import BatchPlan, FeatureLayout
 
@@ -127,6 +128,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             self.register_buffer("_feature_widths", torch.tensor(self._feature_dims, **kw), persistent=False)
         # follows .half() / .double() / .to(dtype) of the model (the store stays float32): the output's dtype
         self.register_buffer("_output_dtype", torch.zeros(0, **kw), persistent=False)
+        self.fallback = (FallbackRows(dims, self.config.fallback_rows, self.config, self._device)
+                         if self.config.fallback_rows else None)
         layout_bytes = sum(t.numel() * t.element_size() for t in self.buffers())
         plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config, layout_bytes)
         scales = [self._init_scale(t) for t in self._tables]
@@ -222,11 +225,22 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         layout = self._layout()
         plan = store_step.plan_batch(self.store, layout, values, offsets, weights, batch_size)
         out = store_step.forward(self.store, layout, plan, training, self._anchor, self.config.prefix_dropout)
+        if self.fallback is not None:
+            out = out + self._fallback_values(plan, training)
         if self._divides_means:
             out = out * self._mean_scale(plan)
         if out.dtype != self._output_dtype.dtype:
             out = out.to(self._output_dtype.dtype)
         return out
+
+    def _fallback_values(self, plan: BatchPlan, training: bool) -> torch.Tensor:
+        """``[B, out_dim]``: the fallback rows read by the batch's ids that hold no chunk (``emb_opt.fallback_rows``),
+        pooled as the kernels pool; trained in this step's backward when ``training``."""
+        batch = self.fallback.gather(plan, self._feature_table, self._feature_cols, self._out_dim,
+                                     self._pooling_mode == POOLING_CODES["mean"])
+        if training:
+            return FallbackLookup.apply(self._anchor, plan.weights, self.fallback, batch)
+        return self.fallback.pooled(batch, plan.weights)
 
     def _mean_scale(self, plan: BatchPlan) -> torch.Tensor:
         """[B, out_dim] factors that turn the summed bags of MEAN-pooled features into means (1 / bag length,

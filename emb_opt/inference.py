@@ -87,6 +87,7 @@ class FiitedInferenceCollection(EmbeddingBagCollectionInterface):
             if hasattr(module, name):
                 self.register_buffer(name, getattr(module, name).detach().clone(), persistent=False)
         self.store = InferenceChunkStore(module.store)
+        self.fallback = None if module.fallback is None else module.fallback.read_only()
         self._no_anchor = torch.zeros(0)  # store_step.forward's anchor: unused outside training
 
     # the trained collection's interface, input handling and mean-pooling factors (same attributes, same code)
@@ -96,6 +97,7 @@ class FiitedInferenceCollection(EmbeddingBagCollectionInterface):
     _checked_batch = FiitedEmbeddingBagCollection._checked_batch
     _layout = FiitedEmbeddingBagCollection._layout
     _mean_scale = FiitedEmbeddingBagCollection._mean_scale
+    _fallback_values = FiitedEmbeddingBagCollection._fallback_values
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +117,9 @@ class FiitedInferenceCollection(EmbeddingBagCollectionInterface):
         if self.store.pool_weights.is_meta:  # shape inference (a meta copy): no store to read
             return torch.zeros(kjt.stride(), self._out_dim, device="meta", dtype=self._output_dtype.dtype)
         if torch.compiler.is_exporting():  # torch.export: the data-dependent lookup as one opaque op
+            if self.fallback is not None:
+                raise NotImplementedError("torch.export of a FIITED collection with fallback rows (fallback_rows > 0) "
+                                          "is not supported; its eager and torch.fx inference paths are")
             layout, bags = self._layout(), _Bags(kjt.offsets().to(torch.int64), kjt.stride())
             out = self.store.exported_pooled(layout, kjt.values(), bags.offsets, weights, bags.batch_size)
             return self._finish(out, bags)
@@ -127,7 +132,10 @@ class FiitedInferenceCollection(EmbeddingBagCollectionInterface):
         outside training); data-dependent, so ``torch.compile`` runs it eagerly between the graphs around it."""
         layout = self._layout()
         plan = store_step.plan_batch(self.store, layout, values, offsets, weights, batch_size)
-        return self._finish(store_step.forward(self.store, layout, plan, False, self._no_anchor), plan)
+        out = store_step.forward(self.store, layout, plan, False, self._no_anchor)
+        if self.fallback is not None:
+            out = out + self._fallback_values(plan, False)
+        return self._finish(out, plan)
 
     def _finish(self, out: torch.Tensor, bags: Any) -> torch.Tensor:
         """Mean factors of MEAN features when tables mix poolings, and the output dtype."""
