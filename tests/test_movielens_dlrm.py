@@ -9,8 +9,7 @@ from experiments.data.movielens import load_movielens
 from experiments.data.movielens_features import movielens_features
 from test_movielens import ML100K_FILES, write_fixture_wheels
 
-TINY = ["--batch-size", "2", "--eval-batch-size", "4", "--embedding-dim", "8", "--chunk-size", "4", "--warmup-steps", "1",
-        "--resize-interval", "1", "--no-progress"]
+TINY = ["--embedding-dim", "8", "--chunk-size", "4", "--warmup-steps", "1", "--resize-interval", "1", "--no-progress"]
 
 
 def random_ml100k_files(users: int = 40, items: int = 30, ratings: int = 400, seed: int = 0) -> dict:
@@ -73,7 +72,8 @@ def test_movielens_mode_runs_every_method_within_budget(tmp_path, monkeypatch, c
 
 def test_dslabs_mode_and_steps_cap(tmp_path, monkeypatch):
     write_fixture_wheels(str(tmp_path / "cache"), monkeypatch)
-    df = criteo_dlrm.main(TINY + ["--dataset", "movielens-dslabs", "--data-cache", str(tmp_path / "cache"),
+    df = criteo_dlrm.main(TINY + ["--batch-size", "2", "--dataset", "movielens-dslabs",
+                                  "--data-cache", str(tmp_path / "cache"),
                                   "--train-fraction", "0.5", "--budgets", "0.9", "--methods", "full,fiited",
                                   "--steps", "1", "--out", str(tmp_path / "out")])
     assert list(df["method"]) == ["full", "fiited@0.9"] and (df["steps"] == 1).all()
@@ -88,4 +88,3 @@ def test_bad_movielens_arguments(capsys):
         with pytest.raises(SystemExit):
             criteo_dlrm.parse_args(argv)
         assert message in capsys.readouterr().err
-    assert ML100K_FILES  # the fixture the tests above share

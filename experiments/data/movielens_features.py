@@ -19,7 +19,7 @@ time order -- what a serving system knows when it scores the event.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
@@ -62,7 +62,6 @@ class MovieLensFeatures:
     dense: np.ndarray  # float32 [N, len(DENSE_FEATURES)]
     labels: np.ndarray  # float32 [N]
     num_train: int
-    notes: List[str] = field(default_factory=list)
 
     @property
     def num_samples(self) -> int:
