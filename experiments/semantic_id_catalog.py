@@ -160,7 +160,9 @@ def load_dataset(config: Config) -> EventData:
     data = movielens.load_movielens(config.dataset)
     texts = [catalog_files.item_text(t, y, g) for t, y, g in zip(data.items["title"], data.items["year"],
                                                                   data.items["genres"])]
-    embeddings = minilm_wheel.cached_text_embeddings(texts, config.dataset)
+    embeddings = minilm_wheel.cached_text_embeddings(  # the model is loaded only when the cache misses
+        texts, config.dataset, embed=lambda batch: minilm_wheel.minilm_from_wheel().encode(
+            batch, progress=None if config.progress else False))
     r = data.ratings
     catalog = catalog_files.build_catalog(
         np.arange(len(texts)), texts, r["user"].to_numpy(), r["item"].to_numpy(), r["timestamp"].to_numpy(),

@@ -142,7 +142,7 @@ def _is_whitespace(char: str) -> bool:
 
 
 def _is_control(char: str) -> bool:
-    return char not in "\t\n\r" and unicodedata.category(char) in ("Cc", "Cf")
+    return char not in "\t\n\r" and unicodedata.category(char).startswith("C")
 
 
 def _is_punctuation(char: str) -> bool:
