@@ -296,10 +296,12 @@ def predict(model: nn.Module, batches: Sequence[Batch]) -> Tuple[torch.Tensor, t
 
 
 def run_method(config: Config, data: Data, codes: Optional[torch.Tensor], method: str, budget: Optional[float],
-               seed: int, rank: int = 0, world: int = 1,
-               print_plan: bool = False) -> Tuple[Dict[str, object], nn.Module]:
+               seed: int, rank: int = 0, world: int = 1, print_plan: bool = False,
+               id_counts: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[Dict[str, object], nn.Module]:
     """Model, train and eval of one method: on one process, or as rank ``rank`` of ``world`` sharded ranks (each
-    trains on every ``world``-th batch; the logits of all ranks are evaluated together)."""
+    trains on every ``world``-th batch; the logits of all ranks are evaluated together). ``id_counts``: the
+    training stream's id counts per feature (``training_id_counts``), which ``freqvocab`` builds its vocabulary
+    from."""
     name = run_name(method, budget)
     torch.manual_seed(seed)
     options = dict(warmup_steps=config.warmup_steps, resize_interval=config.resize_interval)
@@ -307,7 +309,8 @@ def run_method(config: Config, data: Data, codes: Optional[torch.Tensor], method
         options.update({k: getattr(config, k) for k in FIITED_OPTIONS if getattr(config, k) is not None})
     collection = build_collection(method, budget, data.tables, seed=seed, learning_rate=config.emb_lr,
                                   chunk_size=config.chunk_size, fiited_options=options, codes=codes,
-                                  item_table=ITEM_TABLE, codebook_size=config.sid_codebook_size, for_sharding=world > 1)
+                                  item_table=ITEM_TABLE, codebook_size=config.sid_codebook_size, for_sharding=world > 1,
+                                  id_counts=id_counts)
     nbytes = 0 if method in FIITED_METHODS else embedding_bytes(collection)  # dense: fixed; FIITED: after training
     model = build_dlrm(collection, config.embedding_dim, seed, data.dense_features)
     if world > 1:
@@ -347,9 +350,10 @@ def compare(config: Config, seed: int, out: str) -> pd.DataFrame:
         rows = run_on_ranks(config.nproc, sharded_rows, config, seed, todo)
     else:
         codes = item_codes(config, data, seed) if any(m in SID_METHODS for m, _ in todo) else None
+        counts = training_id_counts(config, data) if any(m == "freqvocab" for m, _ in todo) else None
         rows = []
         for method, budget in todo:
-            row, collection = run_method(config, data, codes, method, budget, seed)
+            row, collection = run_method(config, data, codes, method, budget, seed, id_counts=counts)
             rows.append(row)
             plot_fiited_telemetry(collection, os.path.join(out, f"telemetry_{row['method']}.png"))
     return report(config, pd.DataFrame(rows), data.description, started, out)
@@ -364,9 +368,21 @@ def sharded_rows(rank: int, world: int, config: Config, seed: int,
                     steps=config.steps * world, eval_batches=config.eval_batches * world)
     data = load_data(local, seed)
     codes = item_codes(config, data, seed) if any(m in SID_METHODS for m, _ in todo) else None
+    counts = training_id_counts(local, data) if any(m == "freqvocab" for m, _ in todo) else None  # all ranks' batches
     first_fiited = next(((m, b) for m, b in todo if m in ("fiited", "fiited_sid")), None)
-    return [{**run_method(config, data, codes, m, b, seed, rank, world, rank == 0 and (m, b) == first_fiited)[0],
-             "nproc": world} for m, b in todo]
+    return [{**run_method(config, data, codes, m, b, seed, rank, world, rank == 0 and (m, b) == first_fiited,
+                          counts)[0], "nproc": world} for m, b in todo]
+
+
+def training_id_counts(config: Config, data: Data) -> Dict[str, torch.Tensor]:
+    """Per feature, how often each id occurs in the training stream -- the ``config.steps`` batches of a fresh
+    ``data.train_batches()``, all that training reads (every rank's share, sharded) -- which a static frequency
+    vocabulary is built from (``hashing.feature_id_counts``: ``torch.bincount`` per KJT feature)."""
+    from hashing.frequency_vocabulary import feature_id_counts
+
+    batches = itertools.islice(data.train_batches(), config.steps)
+    return feature_id_counts((b.sparse_features for b in batches),
+                             [f for t in data.tables for f in t.feature_names or [t.name]])
 
 
 # ---- report -----------------------------------------------------------------------------------------------
@@ -432,7 +448,7 @@ def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
         if method != "full" and len(full):
             diff = (auc - full).dropna()
             row["vs_full_mean"], row["vs_full_sem"] = diff.mean(), sem(diff)
-        for baseline in ("rowprune", "hash"):
+        for baseline in ("rowprune", "hash", "freqvocab"):
             other = df[df["method"] == f"{baseline}@{b}"].set_index("seed")["auc"] if b else pd.Series(dtype=float)
             if b and not method.startswith(baseline + "@") and len(other):
                 diff = (auc - other).dropna()

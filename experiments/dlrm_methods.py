@@ -2,8 +2,13 @@
 
 Methods, each but ``full`` at a budget X (a fraction of the full tables' bytes, optimizer state included):
 * ``full``: TorchRec ``FusedEmbeddingBagCollection`` (FBGEMM TBE, fused row-wise Adagrad), the reference;
-* ``hash``: random hashing, every table capped at one row count so that X of all rows remain (DLRM's
-  ``--max-ind-range``), in front of the same fused collection (``hashing.HashedEmbeddingBagCollection``);
+* ``hash``: capped hashing -- every table capped at one row count so that X of all rows remain (DLRM's
+  ``--max-ind-range``): tables under the cap are kept whole, only the big ones are randomly hashed, in front of
+  the same fused collection (``hashing.HashedEmbeddingBagCollection``);
+* ``freqvocab``: the static frequency vocabulary -- ids counted in the training stream more often than one global
+  threshold get a row, all others share a trained out-of-vocabulary row; the threshold fills X with the tables,
+  their optimizer state and the id -> row map (``hashing.FrequencyVocabularyEmbeddingBagCollection``), in front
+  of the same fused collection;
 * ``rowprune``: whole-row pruning by access counts (ITEP-style), ``emb_opt.RowPruningEmbeddingBagCollection``;
 * ``fiited``: ``emb_opt.FiitedEmbeddingBagCollection``;
 * ``sid``: as ``hash``, but the item feature becomes semantic-ID prefix-ngram tokens in the same rows instead of
@@ -17,7 +22,7 @@ between methods are not differences of init luck.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,9 +36,10 @@ from emb_opt.budget import total_full_bytes
 from emb_opt.config import OptimizerType
 from emb_opt.hashed_init import hashed_dense_init
 from emb_opt.transformed import TransformedEmbeddingBagCollection
+from hashing.frequency_vocabulary import FrequencyVocabularyEmbeddingBagCollection
 from hashing.hashed_ebc import HashedEmbeddingBagCollection, HashingTransform, hashed_table_configs
 
-METHODS = ("full", "hash", "rowprune", "fiited", "sid", "fiited_sid")
+METHODS = ("full", "hash", "freqvocab", "rowprune", "fiited", "sid", "fiited_sid")
 SID_METHODS = ("sid", "fiited_sid")
 FIITED_METHODS = ("rowprune", "fiited", "fiited_sid")  # a chunk store, whose bytes change in training
 
@@ -74,14 +80,15 @@ def hashed_init_dense_tables_(collection: nn.Module, seed: int) -> int:
 def build_collection(method: str, budget: Optional[float], tables: List[EmbeddingBagConfig], *, seed: int,
                      learning_rate: float, chunk_size: int, fiited_options: Dict[str, Any],
                      codes: Optional[torch.Tensor] = None, item_table: str = "", codebook_size: int = 0,
-                     for_sharding: bool = False) -> nn.Module:
+                     for_sharding: bool = False, id_counts: Optional[Mapping[str, torch.Tensor]] = None) -> nn.Module:
     """The collection of ``method`` at ``budget`` (None for ``full``), every table starting from
     ``emb_opt.hashed_init`` with ``seed``, every optimizer row-wise Adagrad at ``learning_rate``.
 
     ``fiited_options``: ``FiitedConfig`` fields for the FIITED and row-pruning collections; ``codes`` (``[rows,
     L]`` in ``[0, codebook_size)``): semantic IDs of ``item_table``'s ids, for ``sid`` and ``fiited_sid``;
     ``for_sharding``: dense tables as plain ``EmbeddingBagCollection``s, which DistributedModelParallel turns into
-    fused TBEs (row-wise Adagrad through the sharder's fused params).
+    fused TBEs (row-wise Adagrad through the sharder's fused params); ``id_counts``: feature -> id counts of the
+    training stream (``hashing.feature_id_counts``), for ``freqvocab``.
     """
     options = {"init_seed": seed, **fiited_options}
 
@@ -95,6 +102,10 @@ def build_collection(method: str, budget: Optional[float], tables: List[Embeddin
         return dense(tables)
     if method == "hash":
         return HashedEmbeddingBagCollection(tables, total_row_fraction=budget, collection_factory=dense)
+    if method == "freqvocab":
+        if id_counts is None:
+            raise ValueError("method freqvocab needs the id counts of the training stream (hashing.feature_id_counts)")
+        return FrequencyVocabularyEmbeddingBagCollection(tables, id_counts, budget, collection_factory=dense)
     if method == "rowprune":
         return RowPruningEmbeddingBagCollection(tables, budget, learning_rate=learning_rate, **options)
     if method == "fiited":

@@ -1,7 +1,9 @@
 """Hashing: random-hash baselines, collision statistics, and the hash functions the VHPI store uses.
 
 Public API: ``random_hash(ids, num_buckets, seed)``, ``collision_stats``, ``expected_collision_rate``,
-``HashingTransform`` and ``HashedEmbeddingBagCollection`` (drop-in TorchRec modules).
+``HashingTransform`` and ``HashedEmbeddingBagCollection`` (drop-in TorchRec modules), and the static frequency
+vocabulary baseline (``FrequencyVocabularyTransform``, ``FrequencyVocabularyEmbeddingBagCollection``,
+``fit_frequency_vocabularies``, ``feature_id_counts``).
 """
 from hashing.random_hash import HASH_METHODS, check_ids, random_hash
 from hashing.collisions import CollisionStats, collision_stats, expected_collision_rate
@@ -16,7 +18,14 @@ __all__ = [
     "HashingTransform",
     "HashedEmbeddingBagCollection",
     "hashed_table_configs",
+    "FrequencyVocabularyTransform",
+    "FrequencyVocabularyEmbeddingBagCollection",
+    "VocabularyPlan",
+    "feature_id_counts",
+    "fit_frequency_vocabularies",
 ]
+_VOCABULARY = ("FrequencyVocabularyTransform", "FrequencyVocabularyEmbeddingBagCollection", "VocabularyPlan",
+               "feature_id_counts", "fit_frequency_vocabularies")
 
 
 def __getattr__(name: str):  # TorchRec is imported only when the modules are asked for
@@ -24,4 +33,8 @@ def __getattr__(name: str):  # TorchRec is imported only when the modules are as
         from hashing import hashed_ebc
 
         return getattr(hashed_ebc, name)
+    if name in _VOCABULARY:
+        from hashing import frequency_vocabulary
+
+        return getattr(frequency_vocabulary, name)
     raise AttributeError(f"module 'hashing' has no attribute {name!r}")

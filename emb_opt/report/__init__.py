@@ -1,7 +1,8 @@
 """Where the embedding memory went: a per-table byte report of FIITED, dense and hashed collections.
 
 ``memory_report(obj)`` takes a ``FiitedEmbeddingBagCollection``, a TorchRec ``EmbeddingBagCollection`` /
-``FusedEmbeddingBagCollection``, a ``hashing.HashedEmbeddingBagCollection``, any module containing them (a
+``FusedEmbeddingBagCollection``, a ``hashing.HashedEmbeddingBagCollection`` or
+``hashing.FrequencyVocabularyEmbeddingBagCollection``, any module containing them (a
 DLRM: one block of rows per collection, ``module`` = its qualified name), or a state_dict of any of these
 (``model.state_dict()``, or ``torch.load`` of a checkpoint). It returns one row per table, plus per collection
 a ``(shared)`` row and a ``TOTAL`` row (and an overall ``TOTAL`` with module ``(all)`` when there are several
@@ -22,7 +23,12 @@ fused optimizer's real state for a ``FusedEmbeddingBagCollection``); ``compressi
 ``dims_histogram`` counts *virtual* rows by the dimension they read: ``"0:9520 16:300 32:120"`` (dim 0 = rows
 without any chunk). A hashed table's virtual rows all read a full (shared) vector; ``physical_rows`` says how
 many vectors are stored. From a bare state_dict a hashed collection is indistinguishable from a dense EBC
-(its transform has no state): it is reported as the dense ``<prefix>.collection``.
+(its transform has no state): it is reported as the dense ``<prefix>.collection``. A
+``hashing.FrequencyVocabularyEmbeddingBagCollection`` (kind ``freqvocab``) is reported like a hashed one, plus its
+id -> row map: each table's sorted id array is that table's ``index_bytes``; all its out-of-vocabulary ids read
+the shared OOV row, so its virtual rows all read a full vector too. Its state_dict carries the id arrays
+(``<prefix>.transforms.<n>.vocabulary_<i>``), so one is reported as ``freqvocab`` from a state_dict as well (its
+virtual rows then unknown: the physical ones).
 
 The package: ``rows`` (the row model and the DataFrame), ``accounting`` (the rows of one collection),
 ``discovery`` (``memory_report``: finding the collections), ``plots`` (figures), ``cli`` (``python -m

@@ -79,11 +79,15 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
 
 def dense_rows(module: str, kind: str, weights: Mapping[str, Any], optimizer: OptimizerType,
                state_bytes: Optional[Mapping[str, int]] = None, optimizer_name: Optional[str] = None,
-               virtual_rows: Optional[Mapping[str, int]] = None) -> List[Dict[str, Any]]:
-    """Rows of a dense (or hashed) collection: ``weights`` = table -> its ``[rows, dim]`` weight tensor.
+               virtual_rows: Optional[Mapping[str, int]] = None, index_bytes: Optional[Mapping[str, int]] = None,
+               shared_index_bytes: int = 0) -> List[Dict[str, Any]]:
+    """Rows of a dense (or hashed, or frequency-vocabulary) collection: ``weights`` = table -> its ``[rows, dim]``
+    weight tensor.
 
     ``state_bytes``: the real optimizer state bytes per table (fused collections), else from ``optimizer``.
-    ``virtual_rows``: hashed tables' raw id range (the rows a full table would have).
+    ``virtual_rows``: hashed / vocabulary tables' raw id range (the rows a full table would have).
+    ``index_bytes``: per table, the bytes of the id -> row map in front of it (a frequency vocabulary's id array);
+    ``shared_index_bytes``: the map's bytes that belong to no one table (the ``(shared)`` row).
     """
     rows: List[Dict[str, Any]] = []
     label = optimizer_name or optimizer.value
@@ -97,11 +101,11 @@ def dense_rows(module: str, kind: str, weights: Mapping[str, Any], optimizer: Op
         rows.append(make_row(
             module, table, kind, label, virtual_rows=virtual, physical_rows=physical, embedding_dim=dim,
             chunk_size=dim, live_rows=virtual, live_chunks=physical, mean_dim=float(dim),
-            weights_bytes=nbytes(w), optimizer_bytes=state,
+            weights_bytes=nbytes(w), optimizer_bytes=state, index_bytes=int((index_bytes or {}).get(table, 0)),
             full_bytes=int(virtual * (element * dim + state_per_row)),
             dims_histogram=format_histogram({dim: virtual}),
         ))  # fmt: skip
-    rows.append(make_row(module, SHARED, kind, label, live_chunks=0))
+    rows.append(make_row(module, SHARED, kind, label, live_chunks=0, index_bytes=shared_index_bytes))
     rows.append(sum_rows(module, TOTAL, kind, label, rows))
     return rows
 

@@ -3,7 +3,7 @@ each (``emb_opt.report.accounting``)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from torch import nn
 from emb_opt.config import OptimizerType, parse_optimizer
 from emb_opt.inference_store import INFERENCE_KIND, INFERENCE_LAYOUT_VERSION, INFERENCE_STATE, TABLE_STATE
 from emb_opt.report.accounting import dense_rows, fiited_rows, fused_optimizer_state
-from emb_opt.report.rows import CollectionReport, report_frame
+from emb_opt.report.rows import CollectionReport, nbytes, report_frame
 from emb_opt.store_checkpoint import LAYOUT_VERSION, STORE_STATE
 
 if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pandas is imported when a report is built, not with emb_opt
 CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
 _DENSE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)embedding_bags\.(?P<table>[^.]+)\.weight$")
 _STORE_KEY = "store.entry_keys"
+_TRANSFORMED = ("hashed", "freqvocab")  # a KJT transform in front of a dense or fused collection
 
 
 
@@ -122,6 +123,12 @@ def _collection_kind(module: nn.Module) -> Optional[str]:
         HashedEmbeddingBagCollection = ()  # type: ignore[assignment,misc]
     if isinstance(module, HashedEmbeddingBagCollection):
         return "hashed"
+    try:
+        from hashing.frequency_vocabulary import FrequencyVocabularyEmbeddingBagCollection
+    except ImportError:
+        FrequencyVocabularyEmbeddingBagCollection = ()  # type: ignore[assignment,misc]
+    if isinstance(module, FrequencyVocabularyEmbeddingBagCollection):
+        return "freqvocab"
     if isinstance(module, FusedEmbeddingBagCollection):
         return "fused"
     if isinstance(module, EmbeddingBagCollection):
@@ -145,10 +152,11 @@ def _from_module(root: nn.Module, optimizer: OptimizerType) -> List[CollectionRe
         if any(p == "" or name.startswith(p + ".") for p in inside):
             continue  # do not descend into a found collection (a hashed one holds an EBC)
         kind = _collection_kind(module)
-        ebc = module.collection if kind == "hashed" else module
-        inner = _collection_kind(ebc) if kind == "hashed" else kind
+        transformed = kind in _TRANSFORMED
+        ebc = module.collection if transformed else module
+        inner = _collection_kind(ebc) if transformed else kind
         fiited_inner = inner in ("fiited", INFERENCE_KIND)
-        if kind is None or not (fiited_inner or inner in ("dense", "fused")) or (kind == "hashed" and fiited_inner):
+        if kind is None or not (fiited_inner or inner in ("dense", "fused")) or (transformed and fiited_inner):
             continue  # not a collection, or hashing in front of a FIITED one: that one is found on its own
         inside.append(name)
         if kind == INFERENCE_KIND:
@@ -160,11 +168,20 @@ def _from_module(root: nn.Module, optimizer: OptimizerType) -> List[CollectionRe
                 found.append(_fiited_from_module(name, local))
             continue
         weights = _dense_weights(ebc.state_dict()).get("", {})
-        virtual = {t.name: t.num_embeddings for t in module.virtual_configs} if kind == "hashed" else None
+        virtual = {t.name: t.num_embeddings for t in module.virtual_configs} if transformed else None
         opt, label, state = (fused_optimizer_state(ebc, optimizer) if inner == "fused" else (optimizer, None, None))
-        row_kind = "hashed" if kind == "hashed" else "dense"
-        found.append(CollectionReport(name, row_kind, dense_rows(name, row_kind, weights, opt, state, label, virtual)))
+        row_kind = kind if transformed else "dense"
+        index, shared = _map_bytes(module) if kind == "freqvocab" else ({}, 0)
+        found.append(CollectionReport(name, row_kind, dense_rows(name, row_kind, weights, opt, state, label, virtual,
+                                                                 index, shared)))
     return found
+
+
+def _map_bytes(module: nn.Module) -> Tuple[Dict[str, int], int]:
+    """A frequency-vocabulary collection's id -> row map: bytes per table, and those of no one table."""
+    vocabulary = module.vocabulary
+    per_table = vocabulary.vocabulary_bytes()
+    return per_table, vocabulary.memory_bytes() - sum(per_table.values())
 
 
 def _dense_weights(sd: Mapping[str, Any], exclude: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
@@ -182,8 +199,30 @@ def _from_state_dict(sd: Mapping[str, Any], optimizer: OptimizerType) -> List[Co
     found = [_fiited_from_state_dict(p, sd) for p in fiited]
     for prefix, weights in _dense_weights(sd, fiited).items():
         name = prefix[:-1] if prefix.endswith(".") else prefix
-        found.append(CollectionReport(name, "dense", dense_rows(name, "dense", weights, optimizer)))
+        vocabularies = _vocabulary_buffers(sd, prefix)
+        if not vocabularies:
+            found.append(CollectionReport(name, "dense", dense_rows(name, "dense", weights, optimizer)))
+            continue
+        index: Dict[str, int] = {}  # vocabulary i is the i-th table's when its rows are its ids + the OOV row
+        for (table, w), ids in zip(weights.items(), vocabularies):
+            if int(w.shape[0]) == int(ids.numel()) + 1:
+                index[table] = nbytes(ids)
+        shared = sum(nbytes(v) for v in vocabularies) - sum(index.values())
+        found.append(CollectionReport(name, "freqvocab", dense_rows(name, "freqvocab", weights, optimizer,
+                                                                    index_bytes=index, shared_index_bytes=shared)))
     return found
+
+
+def _vocabulary_buffers(sd: Mapping[str, Any], prefix: str) -> List[Any]:
+    """The id arrays (``<outer>.transforms.<n>.vocabulary_<i>``, in ``i`` order) of the frequency vocabulary in
+    front of the dense collection at ``prefix`` (``<outer>.collection.``); [] when there is none."""
+    if not prefix.endswith("collection."):
+        return []
+    outer = prefix[: -len("collection.")]
+    pattern = re.compile(re.escape(outer) + r"transforms\.\d+\.vocabulary_(?P<index>\d+)$")
+    found = {int(m["index"]): v for k, v in sd.items()
+             if isinstance(k, str) and (m := pattern.match(k)) and hasattr(v, "shape")}
+    return [found[i] for i in sorted(found)]
 
 
 def unwrap_checkpoint(obj: Any) -> Any:
@@ -211,7 +250,8 @@ def collect(obj: Any, optimizer: Any = "rowwise_adagrad", allow_empty: bool = Fa
     if not found and not allow_empty:
         raise ValueError(
             f"no embedding collections found in this {type(obj).__name__}: expected a FiitedEmbeddingBagCollection, "
-            "a TorchRec (Fused)EmbeddingBagCollection, a HashedEmbeddingBagCollection, a module containing one, or "
+            "a TorchRec (Fused)EmbeddingBagCollection, a Hashed- or FrequencyVocabularyEmbeddingBagCollection, "
+            "a module containing one, or "
             "a state_dict with '<prefix>.store.entry_keys' or '<prefix>.embedding_bags.<table>.weight' keys"
         )
     return found
