@@ -433,8 +433,8 @@ def report(config: Config, df: pd.DataFrame, description: str, started: str, out
 
 def summarize_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Per method over seeds: mean AUC, its standard error, and the mean paired AUC difference (same seed) to
-    full tables and, at the same budget, to row pruning and to random hashing, with standard errors -- how
-    "ahead" or "within 0.001 of full" is told from noise."""
+    full tables and, at the same budget, to row pruning, to (capped) random hashing and to the static frequency
+    vocabulary, with standard errors -- how "ahead" or "within 0.001 of full" is told from noise."""
     def sem(values: pd.Series) -> float:
         return float(values.std(ddof=1) / len(values) ** 0.5) if len(values) > 1 else float("nan")
 
