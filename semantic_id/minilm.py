@@ -176,8 +176,9 @@ class WordPieceTokenizer:
 
     Example::
 
-        tokenizer = WordPieceTokenizer.from_vocab_text(open("vocab.txt").read())
-        tokenizer.tokenize("Unaffable!")   # ["un", "##aff", "##able", "!"] with BERT's vocabulary
+        tokenizer = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##aff", "##able", "!"])
+        tokenizer.tokenize("Unaffable!")   # ["un", "##aff", "##able", "!"]
+        tokenizer.encode("Unaffable!")     # [2, 4, 5, 6, 7, 3]
     """
 
     SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
