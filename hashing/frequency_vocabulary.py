@@ -111,6 +111,7 @@ class VocabularyPlan:
     ``threshold``: the count of the least frequent kept id (None when no id is kept); every id counted more has
     a row. ``threshold_kept`` / ``threshold_ids``: how many of the ids counted exactly ``threshold`` are kept, of
     how many. ``bytes``: what the tables, their optimizer state and the id arrays take (``<= budget_bytes``).
+    ``seen_ids``: per table, how many distinct ids the counts hold (the most a vocabulary can keep).
     """
 
     ids: Dict[str, torch.Tensor]
