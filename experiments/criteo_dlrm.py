@@ -77,6 +77,8 @@ class Config:
     utility: Optional[str] = None  # "freq_grad" or "freq"
     position_exponent: Optional[float] = None
     prefix_dropout: Optional[float] = None
+    fallback_rows: Optional[int] = None  # shared rows per table for ids without chunks (emb_opt.fallback_rows)
+    doorkeeper: Optional[bool] = None  # admit a row without chunks from its second access
     # run
     nproc: int = 1  # > 1: every method sharded under DistributedModelParallel on that many CPU processes
     out: str = "results/criteo_dlrm"
@@ -91,7 +93,7 @@ MOVIELENS = dict(methods="full,hash,rowprune,freqvocab,fiited", budgets="0.1,0.0
                  warmup_steps=20, resize_interval=10)
 MOVIELENS_QUICK = dict(steps=30, warmup_steps=10, resize_interval=5)
 GENERATOR_OPTIONS = ("latent_dim", "interaction_scale")
-FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout")
+FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout", "fallback_rows", "doorkeeper")
 ITEM_TABLE, SID_LEVELS = "t_cat_2", 3  # synthetic data: the feature with content embeddings, its code levels
 
 
@@ -184,7 +186,7 @@ def load_criteo_files(config: Config) -> Data:
     reader = CriteoTsvReader(files, config.eval_batch_size, max_lines=eval_lines, skip_lines=train_lines, **options)
     eval_batches = list(reader)
     if not eval_batches:
-        raise ValueError(f"no evaluation lines left after the {train_lines} training lines; lower --steps")
+        raise DataTooSmall(too_small_hint(files, config))
     if reader.stats.lines_read < eval_lines:  # good and skipped bad lines
         warnings.warn(f"the Criteo files hold only {reader.stats.lines_read} lines after the {train_lines} training "
                       f"lines; evaluating on those, not the {eval_lines} asked for", RuntimeWarning, stacklevel=2)
@@ -192,6 +194,29 @@ def load_criteo_files(config: Config) -> Data:
                 f"Criteo files {', '.join(os.path.basename(f) for f in files)} (id mod {config.row_budget - 1})",
                 lambda: iter(CriteoTsvReader(files, config.batch_size, max_lines=train_lines, **options)),
                 eval_batches)
+
+
+class DataTooSmall(ValueError):
+    """The data cannot hold the training and evaluation lines asked for (the CLI prints the message alone)."""
+
+
+def too_small_hint(files: List[str], config: Config) -> str:
+    """Why no evaluation lines are left, with settings that fit: training takes the first ``steps x batch_size``
+    lines and evaluation starts after them, so on a small file it is ``batch_size`` (default 4096), not only
+    ``steps``, that has to come down."""
+    from experiments.data.criteo_tsv import open_tsv
+
+    lines = 0
+    for path in files:
+        with open_tsv(path) as f:
+            lines += sum(1 for _ in f)
+    batch = max(1, min(config.batch_size, lines // 10))
+    steps = max(1, (lines * 4 // 5) // batch)
+    eval_size = max(1, min(config.eval_batch_size, lines - steps * batch))
+    return (f"the Criteo files hold {lines} lines, but training reads the first --steps x --batch-size = "
+            f"{config.steps} x {config.batch_size} = {config.steps * config.batch_size} and evaluation starts after "
+            f"them, so none are left to evaluate. For these files try --batch-size {batch} --steps {steps} "
+            f"--eval-batch-size {eval_size} --eval-batches {max(1, (lines - steps * batch) // eval_size)}")
 
 
 @functools.lru_cache(maxsize=2)
@@ -418,6 +443,41 @@ def plot_auc_vs_bytes(df: pd.DataFrame, path: str, title: str) -> str:
     return path
 
 
+def plot_auc_vs_bytes_over_seeds(df: pd.DataFrame, path: str, title: str) -> str:
+    """AUC against bytes over seeds: per method and budget the mean AUC, with a band of +- 1 s.e.m. across seeds
+    (and +- 2 s.e.m. lighter) -- methods whose bands overlap are not told apart by these seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stats = df.groupby(["kind", "budget"], sort=False).agg(
+        auc=("auc", "mean"), sd=("auc", "std"), n=("auc", "size"), nbytes=("embedding_bytes", "mean")).reset_index()
+    stats["sem"] = (stats["sd"] / stats["n"] ** 0.5).fillna(0.0)
+    for kind, group in stats.groupby("kind", sort=False):
+        group = group.sort_values("nbytes")
+        (line,) = ax.plot(group["nbytes"], group["auc"], marker="o" if len(group) > 1 else "*", markersize=8,
+                          linestyle="-" if len(group) > 1 else "none", label=f"{kind} ({int(group['n'].min())} seeds)")
+        for width, alpha in ((2, 0.12), (1, 0.25)):
+            low, high = group["auc"] - width * group["sem"], group["auc"] + width * group["sem"]
+            if len(group) > 1:
+                ax.fill_between(group["nbytes"], low, high, color=line.get_color(), alpha=alpha, linewidth=0)
+            else:
+                ax.errorbar(group["nbytes"], group["auc"], yerr=width * group["sem"], color=line.get_color(),
+                            alpha=min(1.0, 3 * alpha), capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding bytes (weights + optimizer state + index)")
+    ax.set_ylabel("eval AUC, mean over seeds (bands: 1 and 2 s.e.m.)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def report(config: Config, df: pd.DataFrame, description: str, started: str, out: str) -> pd.DataFrame:
     """Print the table, append it to ``<out>/results.csv`` (with the config) and plot AUC vs bytes."""
     columns = ["method", "auc", "log_loss", "ne", "embedding_bytes", "bytes_fraction", "train_seconds"]
@@ -501,9 +561,14 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     path = os.path.join(config.out, "seeds_summary.csv")
     summary.to_csv(path, index=False)
     df.to_csv(os.path.join(config.out, "seeds_results.csv"), index=False)
-    print(f"wrote {path}")
+    plot_auc_vs_bytes_over_seeds(df, os.path.join(config.out, "auc_vs_bytes.png"),
+                                 f"DLRM over seeds {', '.join(map(str, seeds))}")
+    print(f"wrote {path}, seeds_results.csv and auc_vs_bytes.png (mean over seeds with s.e.m. bands)")
     return df
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataTooSmall as error:
+        raise SystemExit(f"criteo_dlrm: {error}") from None

@@ -49,6 +49,21 @@ def test_real_criteo_files_path(tmp_path):
     assert list(df["method"]) == ["full", "fiited@0.5"]  # no item content in Criteo files: sid is skipped
 
 
+def test_a_file_too_small_for_the_batch_size_says_which_settings_fit(tmp_path):
+    data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data", "sample_criteo.tsv")
+    day = tmp_path / "data"
+    day.mkdir()
+    with open(data) as src, open(day / "day_0", "w") as dst:
+        dst.write(src.read())
+    base = ["--data-dir", str(day), "--row-budget", "1000", "--methods", "full", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(criteo_dlrm.DataTooSmall, match="hold 300 lines.*300 x 4096 = 1228800") as error:
+        criteo_dlrm.main(base)
+    hint = str(error.value).split("try ")[1].split()
+    df = criteo_dlrm.main(base + hint)  # the settings it suggests run
+    assert list(df["method"]) == ["full"]
+
+
 def test_bad_method_arguments(capsys):
     with pytest.raises(ValueError, match="unknown method"):
         criteo_dlrm.runs(criteo_dlrm.Config(methods="full,magic", budgets="0.1"))
@@ -137,3 +152,23 @@ def test_several_seeds_are_summarised(tmp_path):
     assert pd.isna(summary.loc["full", "vs_full_mean"])
     assert pd.isna(summary.loc["full", "vs_rowprune_mean"]) and summary.loc["full", "seeds"] == 2
     assert os.path.exists(tmp_path / "seed_1" / "results.csv") and os.path.exists(tmp_path / "seed_2" / "results.csv")
+    assert os.path.getsize(tmp_path / "auc_vs_bytes.png") > 1000  # the over-seeds plot, with its bands
+
+
+def test_the_over_seeds_plot_draws_a_band_per_compressed_method(tmp_path):
+    df = pd.DataFrame({"kind": ["full"] * 2 + ["fiited"] * 4, "budget": [1.0, 1.0, 0.1, 0.05, 0.1, 0.05],
+                       "auc": [0.70, 0.71, 0.69, 0.68, 0.695, 0.683], "embedding_bytes": [100, 100, 10, 5, 10, 5],
+                       "seed": [1, 2, 1, 1, 2, 2]})
+    import matplotlib.pyplot as plt
+
+    made = []
+    original = plt.subplots
+    plt.subplots = lambda *a, **k: made.append(original(*a, **k)) or made[-1]
+    try:
+        criteo_dlrm.plot_auc_vs_bytes_over_seeds(df, str(tmp_path / "p.png"), "t")
+    finally:
+        plt.subplots = original
+    ax = made[0][1]
+    bands = [c for c in ax.collections if type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection")]
+    assert len(bands) == 2  # fiited's 1 and 2 s.e.m. bands (full, one budget, gets error bars)
+    assert ax.lines[0].get_ydata().tolist() == pytest.approx([0.705])  # full's mean over seeds
