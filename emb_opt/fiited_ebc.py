@@ -131,7 +131,16 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         self.fallback = (FallbackRows(dims, self.config.fallback_rows, self.config, self._device)
                          if self.config.fallback_rows else None)
         layout_bytes = sum(t.numel() * t.element_size() for t in self.buffers())
-        plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config, layout_bytes)
+        try:
+            plan = plan_store(self.budget_bytes, self.full_bytes, len(self._tables), max(chunks), self.config,
+                              layout_bytes)
+        except ValueError as error:
+            if self.fallback is None:
+                raise
+            fallback_bytes = sum(b.numel() * b.element_size() for b in self.fallback.buffers())
+            raise ValueError(f"{error}; of the fixed overhead, fallback_rows={self.config.fallback_rows} takes "
+                             f"{fallback_bytes} bytes ({self.config.fallback_rows} rows per table): use fewer "
+                             "fallback rows or a larger budget") from None
         scales = [self._init_scale(t) for t in self._tables]
         self.store = VhpiChunkStore(names, rows, chunks, scales, plan, self.config, self._device)
         self._out_dim = sum(self._feature_dims)

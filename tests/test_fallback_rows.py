@@ -202,6 +202,11 @@ def test_the_doorkeeper_admits_a_row_from_its_second_access():
     assert int(plain.store.lookup_rows(key)[1][0, 0]) >= 0  # without it: first touch
 
 
+def test_fallback_rows_that_leave_no_room_for_the_store_are_named():
+    with pytest.raises(ValueError, match=r"fallback_rows=200 takes \d+ bytes \(200 rows per table\)"):
+        collection(fallback_rows=200)
+
+
 @pytest.mark.parametrize("options, match", [
     (dict(fallback_rows=-1), r"fallback_rows must be in \[0, 2\^20\]"),
     (dict(fallback_rows=1.5), "fallback_rows must be an int"),
