@@ -9,13 +9,38 @@ collection inside it.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+
+def rewrite_feature_values(features: KeyedJaggedTensor,
+                           rewrite: Callable[[str, torch.Tensor], Optional[torch.Tensor]]) -> KeyedJaggedTensor:
+    """The KJT with each feature's ids replaced by ``rewrite(feature, ids)`` (same length, cast to the KJT's id
+    dtype; ``None`` keeps them); lengths, offsets and weights are unchanged. What the id-rewriting transforms
+    (hashing, frequency vocabularies) share."""
+    values = features.values()
+    pieces: List[torch.Tensor] = []
+    start = 0
+    for key, length in zip(features.keys(), features.length_per_key()):
+        ids = values[start : start + length]
+        start += length
+        rewritten = rewrite(key, ids)
+        pieces.append(ids if rewritten is None else rewritten.to(values.dtype))
+    return KeyedJaggedTensor(
+        keys=features.keys(),
+        values=torch.cat(pieces) if pieces else values,
+        weights=features.weights_or_none(),
+        lengths=features.lengths(),
+        offsets=features.offsets(),
+        stride=features.stride(),
+        length_per_key=features.length_per_key(),
+        offset_per_key=features.offset_per_key(),
+    )
 
 
 class TransformedEmbeddingBagCollection(EmbeddingBagCollectionInterface):

@@ -39,7 +39,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from emb_opt.budget import FLOAT_BYTES, KEY_BYTES, resolve_budget, total_full_bytes
 from emb_opt.config import OptimizerType, parse_optimizer
-from emb_opt.transformed import TransformedEmbeddingBagCollection
+from emb_opt.transformed import TransformedEmbeddingBagCollection, rewrite_feature_values
 from hashing.random_hash import check_ids, random_hash
 
 OOV_ROW = 0
@@ -258,25 +258,8 @@ class FrequencyVocabularyTransform(nn.Module):
         missing = [f for f in self.feature_vocabulary if f not in features.keys()]
         if missing:
             raise ValueError(f"FrequencyVocabularyTransform: KJT lacks feature(s) {missing}; it has {features.keys()}")
-        values = features.values()
-        pieces: List[torch.Tensor] = []
-        start = 0
-        for key, length in zip(features.keys(), features.length_per_key()):
-            chunk = values[start : start + length]
-            start += length
-            if key in self.feature_vocabulary:
-                chunk = self.rows(key, chunk).to(values.dtype)
-            pieces.append(chunk)
-        return KeyedJaggedTensor(
-            keys=features.keys(),
-            values=torch.cat(pieces) if pieces else values,
-            weights=features.weights_or_none(),
-            lengths=features.lengths(),
-            offsets=features.offsets(),
-            stride=features.stride(),
-            length_per_key=features.length_per_key(),
-            offset_per_key=features.offset_per_key(),
-        )
+        return rewrite_feature_values(
+            features, lambda key, ids: self.rows(key, ids) if key in self.feature_vocabulary else None)
 
 
 class FrequencyVocabularyEmbeddingBagCollection(TransformedEmbeddingBagCollection):

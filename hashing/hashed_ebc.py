@@ -22,7 +22,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingBagCollectionInterface
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from emb_opt.transformed import TransformedEmbeddingBagCollection
+from emb_opt.transformed import TransformedEmbeddingBagCollection, rewrite_feature_values
 from hashing.random_hash import HASH_METHODS, check_ids, random_hash
 
 
@@ -53,32 +53,17 @@ class HashingTransform(nn.Module):
         missing = [f for f in self.num_buckets if f not in features.keys()]
         if missing:
             raise ValueError(f"HashingTransform: KJT lacks feature(s) {missing}; it has {features.keys()}")
-        values = features.values()
-        pieces: List[torch.Tensor] = []
-        start = 0
-        for key, length in zip(features.keys(), features.length_per_key()):
-            chunk = values[start : start + length]
-            start += length
-            if key in self.identity_rows:
-                check_ids(chunk, f"feature {key!r} ids")
-                if chunk.numel() and int(chunk.max()) >= self.identity_rows[key]:
-                    raise ValueError(f"feature {key!r}: id {int(chunk.max())} is out of range [0, {self.identity_rows[key]})")
-            if key in self.num_buckets:
-                check_ids(chunk, f"feature {key!r} ids")
-                chunk = random_hash(chunk, self.num_buckets[key], self.seeds.get(key, 0), self.method)
-                chunk = chunk.to(values.dtype)
-            pieces.append(chunk)
-        new_values = torch.cat(pieces) if pieces else values
-        return KeyedJaggedTensor(
-            keys=features.keys(),
-            values=new_values,
-            weights=features.weights_or_none(),
-            lengths=features.lengths(),
-            offsets=features.offsets(),
-            stride=features.stride(),
-            length_per_key=features.length_per_key(),
-            offset_per_key=features.offset_per_key(),
-        )
+        return rewrite_feature_values(features, self._rewrite)
+
+    def _rewrite(self, key: str, ids: torch.Tensor) -> Optional[torch.Tensor]:
+        if key in self.identity_rows:
+            check_ids(ids, f"feature {key!r} ids")
+            if ids.numel() and int(ids.max()) >= self.identity_rows[key]:
+                raise ValueError(f"feature {key!r}: id {int(ids.max())} is out of range [0, {self.identity_rows[key]})")
+        if key in self.num_buckets:
+            check_ids(ids, f"feature {key!r} ids")
+            return random_hash(ids, self.num_buckets[key], self.seeds.get(key, 0), self.method)
+        return None
 
 
 def row_cap_for_fraction(rows: List[int], fraction: float) -> int:
