@@ -19,16 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torchrec import EmbeddingBagConfig  # noqa: E402
 from torchrec.datasets.utils import Batch  # noqa: E402
-from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: E402
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology  # noqa: E402
-from torchrec.distributed.planner.types import ParameterConstraints  # noqa: E402
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: E402
-from torchrec.distributed.types import ShardingEnv  # noqa: E402
 from torchrec.models.dlrm import DLRM, DLRMTrain  # noqa: E402
 
 import emb_opt  # noqa: E402
 from emb_opt.sharding import FiitedEmbeddingBagCollectionSharder, ShardedFiitedEmbeddingBagCollection  # noqa: E402
-from tests.sharded_dlrm_model import DIM, ROWS, TABLE_NAMES, batch  # noqa: E402
+from tests.sharded_dlrm_model import DIM, ROWS, TABLE_NAMES, batch, table_wise_dmp  # noqa: E402
 
 STEPS = 6
 DENSE_LR = 0.05
@@ -46,16 +42,7 @@ def build_model() -> DLRMTrain:
 
 
 def make_dmp(pg: dist.ProcessGroup, plan=None):
-    model = build_model()
-    sharders = [FiitedEmbeddingBagCollectionSharder()]
-    env = ShardingEnv.from_process_group(pg)
-    if plan is None:
-        planner = EmbeddingShardingPlanner(
-            topology=Topology(world_size=env.world_size, compute_device="cpu"),
-            constraints={name: ParameterConstraints(sharding_types=["table_wise"]) for name in TABLE_NAMES},
-        )
-        plan = planner.collective_plan(model, sharders, pg)
-    return DistributedModelParallel(model, env=env, device=torch.device("cpu"), plan=plan, sharders=sharders), plan
+    return table_wise_dmp(build_model(), pg, [FiitedEmbeddingBagCollectionSharder()], plan)
 
 
 def batches(rank: int, world: int) -> Iterator[Batch]:

@@ -1,10 +1,15 @@
-"""The model and data shared by the sharded run (tests/sharded_dlrm_worker.py) and its single-process
-reference (tests/test_sharding.py): a DLRM over four FIITED tables, one of them read through a semantic-ID
-prefix-ngram transform."""
-from typing import Tuple
+"""The model and data shared by the sharded runs (tests/sharded_dlrm_worker.py, tests/pipeline_worker.py) and
+the single-process reference (tests/test_sharding.py): a DLRM over four FIITED tables, one of them read through a
+semantic-ID prefix-ngram transform, and the table-wise DistributedModelParallel wrapping of a model."""
+from typing import List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.models.dlrm import DLRM
 
 import emb_opt
@@ -63,3 +68,17 @@ def batch(step: int, rank: int, world: int) -> Tuple[torch.Tensor, KeyedJaggedTe
 def rank_loss(model, dense, kjt, labels) -> torch.Tensor:
     logits = model(dense, kjt).squeeze(1)
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+
+
+def table_wise_dmp(model: torch.nn.Module, pg: dist.ProcessGroup, sharders: List,
+                   plan: Optional[ShardingPlan] = None) -> Tuple[DistributedModelParallel, ShardingPlan]:
+    """``model`` under DistributedModelParallel on CPU, every table of ``TABLE_NAMES`` sharded table-wise (the
+    planner's collective plan, or ``plan`` to reuse one); returns the model and its plan."""
+    env = ShardingEnv.from_process_group(pg)
+    if plan is None:
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=env.world_size, compute_device="cpu"),
+            constraints={name: ParameterConstraints(sharding_types=["table_wise"]) for name in TABLE_NAMES},
+        )
+        plan = planner.collective_plan(model, sharders, pg)
+    return DistributedModelParallel(model, env=env, device=torch.device("cpu"), plan=plan, sharders=sharders), plan

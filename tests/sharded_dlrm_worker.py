@@ -16,26 +16,11 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from torchrec.distributed.model_parallel import DistributedModelParallel  # noqa: E402
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology  # noqa: E402
-from torchrec.distributed.planner.types import ParameterConstraints  # noqa: E402
-from torchrec.distributed.types import ShardingEnv  # noqa: E402
 
 from emb_opt.sharding import FiitedEmbeddingBagCollectionSharder  # noqa: E402
 from tests.sharded_dlrm_model import (  # noqa: E402
-    CHECKPOINT_STEP, DENSE_LR, STEPS, TABLE_NAMES, batch, build_model, rank_loss,
+    CHECKPOINT_STEP, DENSE_LR, STEPS, batch, build_model, rank_loss, table_wise_dmp,
 )
-
-
-def make_dmp(model, pg, sharders, plan=None):
-    env = ShardingEnv.from_process_group(pg)
-    if plan is None:
-        planner = EmbeddingShardingPlanner(
-            topology=Topology(world_size=env.world_size, compute_device="cpu"),
-            constraints={name: ParameterConstraints(sharding_types=["table_wise"]) for name in TABLE_NAMES},
-        )
-        plan = planner.collective_plan(model, sharders, pg)
-    return DistributedModelParallel(model, env=env, device=torch.device("cpu"), plan=plan, sharders=sharders), plan
 
 
 def train_steps(model, optimizer, rank, world, steps):
@@ -57,7 +42,7 @@ def main(out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     pg = dist.group.WORLD
     sharders = [FiitedEmbeddingBagCollectionSharder()]
-    model, plan = make_dmp(build_model(), pg, sharders)
+    model, plan = table_wise_dmp(build_model(), pg, sharders)
     if rank == 0:
         with open(os.path.join(out, "plan.txt"), "w") as handle:
             handle.write(str(plan))
@@ -89,7 +74,7 @@ def main(out: str) -> None:
             json.dump(sizes, handle)
     else:
         assert gathered is None
-    fresh, _ = make_dmp(build_model(), pg, sharders, plan)
+    fresh, _ = table_wise_dmp(build_model(), pg, sharders, plan)
     fresh.load_state_dict(checkpoint)
     optimizer = torch.optim.SGD(fresh.parameters(), lr=DENSE_LR)
     optimizer.load_state_dict(optimizer_state)
