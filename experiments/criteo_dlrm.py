@@ -1,4 +1,5 @@
-"""Criteo DLRM comparison: full tables vs random hashing vs row pruning vs FIITED (and semantic IDs), at equal bytes.
+"""Criteo DLRM comparison: full tables vs capped random hashing vs row pruning vs a static frequency vocabulary vs
+FIITED (and semantic IDs), at equal bytes.
 
     python -m experiments.criteo_dlrm                                    # built-in synthetic Criteo-shaped data
     python -m experiments.criteo_dlrm --quick                            # a smoke run of a few minutes
@@ -6,6 +7,7 @@
     python -m experiments.criteo_dlrm experiments/configs/second_generator.json --seeds=1,2,3
     python -m experiments.criteo_dlrm --data-dir ~/criteo                # Kaggle train.txt or Terabyte day_* files
     python -m experiments.criteo_dlrm --dataset movielens-100k --seeds 1,2,3,4,5   # or movielens-dslabs
+    python -m experiments.criteo_dlrm --methods full,hash,freqvocab,fiited --doorkeeper   # FIITED's opt-in levers
 
 Config, data, model, train, eval, report, top to bottom. Trains ``torchrec.models.dlrm.DLRM`` once per method
 (``experiments.dlrm_methods``: each but ``full`` at every budget, a fraction of the full tables' bytes with
@@ -48,7 +50,7 @@ from experiments.metrics import ctr_metrics
 # ---- config -----------------------------------------------------------------------------------------------
 @dataclass
 class Config:
-    methods: str = "full,hash,rowprune,fiited,sid,fiited_sid"
+    methods: str = "full,hash,rowprune,fiited,sid,fiited_sid"  # also: freqvocab (see dlrm_methods.METHODS)
     budgets: str = "0.1,0.05,0.01"  # fractions of the full tables' bytes, optimizer state included
     seeds: str = "0"  # several ("1,2,3"): the whole comparison per seed (data, init), then paired differences
     # data: the synthetic generator, or real Criteo TSV files
