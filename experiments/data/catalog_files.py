@@ -200,7 +200,7 @@ def _load_embeddings(embeddings: Union[str, Path, ArrayLike], n_items: int) -> t
         if not path.endswith((".npy", ".pt", ".pth")):
             raise ValueError(f"embeddings file must be .npy or .pt, got {path}")
         try:
-            embeddings = np.load(path) if path.endswith(".npy") else \
+            embeddings = np.load(path, allow_pickle=False) if path.endswith(".npy") else \
                 torch.load(path, map_location="cpu", weights_only=True)
         except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path}: cannot read embeddings ({error})") from None
