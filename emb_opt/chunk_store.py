@@ -6,7 +6,7 @@ missing tail reads as zeros), stored as one contiguous run of slots of a dense p
 (``hash_buckets``, int32 entry ids, linear probing, bounded probe) maps the row key to the row's index entry,
 which says where the run starts and how long it is:
 
-    pool_weights [S, c] float32   the chunks              entry_keys   [R] int64  row key of each entry (-1 = none)
+    pool_weights [S, c] float32 / bfloat16 (weight_dtype)   the chunks              entry_keys   [R] int64  row key of each entry (-1 = none)
     pool_state   [S, w] float32   per-chunk opt. state    entry_first  [R] int32  first slot of the row's run
     slot_utility [S]    float32   decayed utility         entry_chunks [R] int8   live chunks k_r (0 = none)
     hash_buckets [H]    int32     H = R / max_load_factor entry_state  [R, v] float32  per-row optimizer state
@@ -88,7 +88,7 @@ class VhpiChunkStore(ChunkStoreBase):
         self.register_buffer("table_chunks", torch.tensor(table_chunks, dtype=torch.int32, **kw))
         self.register_buffer("init_scale", torch.tensor(init_scales, dtype=torch.float32, **kw))
         self.register_buffer("table_salt", torch.tensor([name_salt(n) for n in table_names], dtype=torch.int64, **kw))
-        self.register_buffer("pool_weights", torch.zeros(slots, c, **kw))
+        self.register_buffer("pool_weights", torch.zeros(slots, c, dtype=config.weight_torch_dtype, **kw))
         self.register_buffer("pool_state", torch.zeros(slots, config.optimizer.state_width(c), **kw))
         self.register_buffer("slot_utility", torch.zeros(slots, **kw))
         self.register_buffer("entry_keys", torch.full((rows,), -1, dtype=torch.int64, **kw))
@@ -277,7 +277,7 @@ class VhpiChunkStore(ChunkStoreBase):
         first_slot = self.counter(StoreCounter.HIGH_WATER)
         self._add_entries(row_keys, first_slot + torch.cumsum(counts, 0) - counts, counts)
         run = slice(first_slot, first_slot + total)
-        self.pool_weights[run] = weights
+        self.pool_weights[run] = weights.to(self.pool_weights.dtype)
         self.pool_state[run] = 0
         self.slot_utility[run] = utility
         self.counters[StoreCounter.HIGH_WATER] = first_slot + total
@@ -325,7 +325,7 @@ class VhpiChunkStore(ChunkStoreBase):
         owner, within = run_positions(granted)
         chunk = have[owner] + within
         new_slots = first[owner] + chunk
-        self.pool_weights[new_slots] = self.init_chunks(row_keys[owner] + chunk)
+        self.pool_weights[new_slots] = self.init_chunks(row_keys[owner] + chunk).to(self.pool_weights.dtype)
         self.pool_state[new_slots] = 0
         self.slot_utility[new_slots] = utility[owner]
         self.count(StoreCounter.HIGH_WATER, int(length.sum()))
@@ -362,7 +362,7 @@ class VhpiChunkStore(ChunkStoreBase):
         roomy = (max(start[0], n + math.ceil(n * reserve)), max(start[1], r + math.ceil(r * reserve)))
         capacity, row_capacity = self.plan.fit((max(n, 1), max(r, 1)), roomy)
         dev = self.pool_weights.device
-        weights = torch.zeros(capacity, self.pool_weights.shape[1], device=dev)
+        weights = torch.zeros(capacity, self.pool_weights.shape[1], dtype=self.pool_weights.dtype, device=dev)
         state = torch.zeros(capacity, self.pool_state.shape[1], device=dev)
         utility = torch.zeros(capacity, device=dev)
         weights[:n], state[:n], utility[:n] = self.pool_weights[slots], self.pool_state[slots], self.slot_utility[slots]

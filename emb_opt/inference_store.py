@@ -4,7 +4,7 @@
 the same layout, so ``emb_opt.store_step`` (``plan_batch``, ``forward`` outside training, ``pool``) runs on it
 unchanged and pools the same chunks with the same kernels -- bit for bit the trained store's eval output:
 
-    pool_weights [S, c] float32   the live chunks, rows in key order, each row's run contiguous (S = live chunks)
+    pool_weights [S, c] float32 / bfloat16 (the trained store's)   the live chunks, rows in key order, each row's run contiguous (S = live chunks)
     entry_keys   [R] int64        row key of each stored row, ascending (R = stored rows; with none stored, one
                                   empty entry: key -1, no chunks)
     entry_first  [R] int32        first slot of the row's run
@@ -176,9 +176,10 @@ class InferenceChunkStore(ChunkStoreBase):
         return self._content_problems({n: t.detach().to(device) for n, t in buffers.items()}, prefix)
 
     def _shape_problems(self, b: Dict[str, Any], prefix: str) -> List[str]:
-        problems = [f"{prefix}{n}: expected a {_DTYPES[n]} tensor, got "
+        dtypes = dict(_DTYPES, pool_weights=self.pool_weights.dtype)  # the trained store's weight_dtype
+        problems = [f"{prefix}{n}: expected a {dtypes[n]} tensor, got "
                     f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
-                    for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != _DTYPES[n]]
+                    for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != dtypes[n]]
         if problems:
             return problems
         problems = [f"{prefix}{n}: expected {2 if n == 'pool_weights' else 1} dimensions, got shape {tuple(t.shape)}"

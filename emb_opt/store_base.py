@@ -1,5 +1,5 @@
 """What the training store (``emb_opt.chunk_store``) and the inference store (``emb_opt.inference_store``) share:
-the row index's lookup and sizes, float32 buffers under dtype casts, copies without pending backwards, and loads
+the row index's lookup and sizes, buffers that keep their dtypes under dtype casts, copies without pending backwards, and loads
 that validate first."""
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ class ChunkStoreBase(nn.Module):
     ``pending_backward`` (forwards whose backward still reads the store) and define ``checkpoint_problems(state_dict,
     prefix) -> List[str]`` (empty when the checkpoint can load).
 
-    * Device moves apply; dtype casts (``.half()``, ``.double()``, ``.to(torch.bfloat16)``) do not: the pool stays
-      float32 (the kernels' type and the budget's accounting), so casting a model neither rounds trained chunks nor
-      changes its memory. The collection casts its output instead.
+    * Device moves apply; dtype casts (``.half()``, ``.double()``, ``.to(torch.bfloat16)``, ``.float()``) do not:
+      the pool keeps its dtype (``FiitedConfig.weight_dtype``: the kernels' type and the budget's accounting) and
+      every other float buffer float32, so casting a model neither rounds trained chunks nor changes its memory.
+      The collection casts its output instead.
     * A copy (deepcopy, pickle) holds no autograd graph of earlier forwards: its ``pending_backward`` is 0.
     * ``load_state_dict`` changes nothing unless ``checkpoint_problems`` finds none; then the buffers take the
       checkpoint's sizes (a store's sizes change as it trains) before the copy.
@@ -47,10 +48,12 @@ class ChunkStoreBase(nn.Module):
         return int((self.entry_chunks > 0).sum())
 
     def _apply(self, fn, recurse=True):
-        probe = fn(torch.zeros(0, device=self.pool_weights.device))
-        if probe.dtype == torch.float32:
-            return super()._apply(fn, recurse)
-        return super()._apply(lambda t: t.to(device=probe.device), recurse)
+        device = self.pool_weights.device
+        dtypes = (torch.float32, self.pool_weights.dtype)
+        probes = [fn(torch.zeros(0, dtype=dtype, device=device)) for dtype in dtypes]
+        if all(probe.dtype == dtype for probe, dtype in zip(probes, dtypes)):
+            return super()._apply(fn, recurse)  # a move, no cast
+        return super()._apply(lambda t: t.to(device=probes[0].device), recurse)
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()

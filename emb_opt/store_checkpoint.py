@@ -5,7 +5,7 @@ shape them (chunk size, optimizer, budget). ``checkpoint_problems`` is the whole
 it touches the store; a checkpoint with any problem is refused with errors naming the buffer and the first bad
 position, and the store keeps its state. It checks, vectorised, O(slots + entries):
 
-* the layout version (any other is refused), the settings and the tables;
+* the layout version (any other is refused), the settings (weight dtype included) and the tables;
 * that the store comes whole (a ``strict=False`` load of part of one would leave arrays of two stores side by
   side), every buffer's dtype and shape, and that the sizes fit the budget;
 * the contents: counters in range and consistent; each stored row's key (its table exists, its row is inside
@@ -36,13 +36,14 @@ _DTYPES = {"pool_weights": torch.float32, "pool_state": torch.float32, "slot_uti
            "entry_keys": torch.int64, "entry_first": torch.int32, "entry_chunks": torch.int8,
            "entry_state": torch.float32, "hash_buckets": torch.int32, "sketch": torch.float32,
            "thresholds": torch.float32, "counters": torch.int64}  # fmt: skip
-_SETTINGS = ("optimizer", "chunk_size", "budget_bytes")
+_SETTINGS = ("optimizer", "chunk_size", "weight_dtype", "budget_bytes")
 
 
 def store_description(store: Any) -> Dict[str, Any]:
     """The store's ``_extra_state``: ``layout_version`` and the settings a checkpoint must match."""
     return {"layout_version": LAYOUT_VERSION, "optimizer": store.config.optimizer.value,
-            "chunk_size": store.config.chunk_size, "budget_bytes": store.plan.budget_bytes}
+            "chunk_size": store.config.chunk_size, "weight_dtype": store.config.weight_dtype,
+            "budget_bytes": store.plan.budget_bytes}
 
 
 def checkpoint_problems(store: Any, state_dict: Mapping[str, Any], prefix: str) -> List[str]:
@@ -92,9 +93,10 @@ def checkpoint_problems(store: Any, state_dict: Mapping[str, Any], prefix: str) 
 
 
 def _shape_problems(store: Any, b: Dict[str, Any], prefix: str) -> List[str]:
-    problems = [f"{prefix}{n}: expected a {_DTYPES[n]} tensor, got "
+    dtypes = dict(_DTYPES, pool_weights=store.pool_weights.dtype)  # the pool's: FiitedConfig.weight_dtype
+    problems = [f"{prefix}{n}: expected a {dtypes[n]} tensor, got "
                 f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
-                for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != _DTYPES[n]]
+                for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != dtypes[n]]
     if problems:
         return problems
     expected_dims = {"pool_weights": 2, "pool_state": 2, "entry_state": 2, "sketch": 2}

@@ -9,7 +9,8 @@ the GPU checks do on raw ids (the GPU machines have no TorchRec):
    the step counter advances; then the live chunks of each bag are pooled (``chunk_bag_forward``) into
    ``[B, out_dim]``;
 3. backward (``ChunkBagLookup``): one ``chunk_bag_backward_update_`` applies the fused sparse optimizer to every
-   live chunk the batch touched and adds their utilities; the would-be utility of each row's first missing
+   live chunk the batch touched (a bfloat16 pool stores the results rounded stochastically, seeded by
+   ``rounding_seed``) and adds their utilities; the would-be utility of each row's first missing
    chunk goes into the sketch, where admission reads it.
 
 The pool is not an autograd leaf (like FBGEMM's fused TBE, the optimizer runs inside backward), so a training
@@ -197,6 +198,7 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
         plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
         layout.feature_cols, plan.batch_size, layout.pooling_mode, OPTIMIZER_CODES[config.optimizer.value],
         config.learning_rate, config.eps, UTILITY_CODES[config.utility.value], need_weight_grad, plan.entries,
+        rounding_seed(store),
     )
     wanting = (plan.slots >= 0).sum(1) < store.chunks_of(plan.row_keys)
     if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks
@@ -208,6 +210,12 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
             wanting &= ~skipped
     store.sketch_add(plan.row_keys[wanting], candidate[wanting])
     return weight_grad if need_weight_grad else None
+
+
+def rounding_seed(store: VhpiChunkStore) -> int:
+    """Seed of a step's stochastic rounding (a bfloat16 pool): from ``init_seed`` and the step, so each step draws
+    afresh and a run repeats exactly."""
+    return (store.config.init_seed * 1_000_003 + store.step) % (1 << 62)
 
 
 def _all_finite(grad_out: Optional[torch.Tensor], weights: Optional[torch.Tensor]) -> bool:
@@ -243,7 +251,7 @@ def occurrence_weight_grad(store: VhpiChunkStore, layout: FeatureLayout, plan: B
     lengths = plan.offsets[1:] - plan.offsets[:-1]
     bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)  # [nnz]
     row_slots = plan.slots[plan.inverse.to(torch.int64)].to(torch.int64)  # [nnz, Cmax]
-    rows = (pool_weights[row_slots.clamp(min=0)] * (row_slots >= 0).unsqueeze(-1)).reshape(bag.numel(), max_chunks * c)
+    rows = (pool_weights[row_slots.clamp(min=0)].float() * (row_slots >= 0).unsqueeze(-1)).reshape(bag.numel(), max_chunks * c)
     cols = layout.feature_cols[bag // plan.batch_size].unsqueeze(1) + torch.arange(max_chunks * c, device=device)
     grads = grad_out.to(torch.float32)[(bag % plan.batch_size).unsqueeze(1), cols.clamp(max=grad_out.shape[1] - 1)]
     weight_grad = (grads * rows).sum(1)  # columns past a row's table read zero chunks: they add nothing

@@ -12,6 +12,7 @@ import torch
 
 from cuda_ext.layout import OPTIMIZER_CODES, POOLING_CODES, UTILITY_CODES, key_table, pack_row_key
 from cuda_ext.reference.chunk_bag_checks import check_backward_args, check_forward_args, check_unique_args
+from cuda_ext.reference.stochastic_round import rounding_random, to_bfloat16_stochastic
 
 SGD, ADAGRAD = OPTIMIZER_CODES["sgd"], OPTIMIZER_CODES["adagrad"]
 UTILITY_FREQ, UTILITY_GRAD = UTILITY_CODES["freq"], UTILITY_CODES["grad"]
@@ -92,13 +93,13 @@ def chunk_bag_forward(
     nnz = int(offsets[-1])
     occ_bag = _bag_of_occurrence(offsets.to(torch.int64))
     row_slots = slots[inverse[:nnz].to(torch.int64)].to(torch.int64)  # [nnz, Cmax]
-    emb = pool[row_slots.clamp(min=0)] * (row_slots >= 0).unsqueeze(-1)  # [nnz, Cmax, c]
+    emb = pool[row_slots.clamp(min=0)].float() * (row_slots >= 0).unsqueeze(-1)  # [nnz, Cmax, c]
     scale = _occurrence_scale(offsets.to(torch.int64), occ_bag, weights, pooling_mode, nnz)
     contrib = (emb * scale.view(-1, 1, 1)).reshape(nnz, max_chunks * c)
     features, samples, cols = _feature_columns(occ_bag, batch_size, feature_cols, c, max_chunks)
     chunks = table_chunks.to(torch.int64)[feature_table.to(torch.int64)[features]]
     in_table = torch.arange(max_chunks * c).unsqueeze(0) < (chunks * c).unsqueeze(1)
-    out = torch.zeros(batch_size * out_dim, dtype=pool.dtype)
+    out = torch.zeros(batch_size * out_dim, dtype=torch.float32)
     flat = (samples.unsqueeze(1) * out_dim + cols)[in_table]
     out.index_add_(0, flat, contrib[in_table])
     return out.reshape(batch_size, out_dim)
@@ -126,6 +127,7 @@ def chunk_bag_backward_update_(
     utility_rule: int,
     need_weight_grad: bool,
     row_entries: Optional[torch.Tensor] = None,
+    rounding_seed: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     check_backward_args(pool, optim_state, slot_utility, grad_out, slots, row_keys, unique_offsets, unique_occ, occ_bag,
                         offsets, weights, table_chunks, feature_cols, batch_size, pooling_mode, optimizer, utility_rule,
@@ -148,7 +150,7 @@ def chunk_bag_backward_update_(
     if need_weight_grad:
         row_slots = slots[owner].to(torch.int64)
         mask = torch.arange(max_chunks).unsqueeze(0) < live[owner].unsqueeze(1)
-        emb = pool[row_slots.clamp(min=0)] * mask.unsqueeze(-1)
+        emb = pool[row_slots.clamp(min=0)].float() * mask.unsqueeze(-1)
         weight_grad = (g_rows * emb).sum((1, 2))
         if pooling_mode == MEAN:
             weight_grad = weight_grad / (offsets[1:] - offsets[:-1]).float()[occ_bag64]
@@ -173,10 +175,10 @@ def chunk_bag_backward_update_(
     g = grad[u_idx, k_idx]
     slot_utility.index_add_(0, s, score[u_idx, k_idx])
     if optimizer == SGD:
-        pool[s] -= lr * g
+        step = lr * g
     elif optimizer == ADAGRAD:
         optim_state[s] += g * g
-        pool[s] -= lr * g / (optim_state[s].sqrt() + eps)
+        step = lr * g / (optim_state[s].sqrt() + eps)
     else:  # one accumulator per row, optim_state[row_entries[u]]: += mean squared gradient over the live dims
         rows = (live > 0).nonzero().reshape(-1)
         row_sq = ((grad * grad).sum(2) * is_live).sum(1)[rows]
@@ -184,7 +186,12 @@ def chunk_bag_backward_update_(
         optim_state[entry, 0] += row_sq / (live[rows] * c).float()
         mult = torch.zeros(num_unique)
         mult[rows] = lr / (optim_state[entry, 0].sqrt() + eps)
-        pool[s] -= mult[u_idx].unsqueeze(1) * g
+        step = mult[u_idx].unsqueeze(1) * g
+    updated = pool[s].float() - step
+    if pool.dtype == torch.bfloat16:  # stored rounded stochastically (cuda_ext.reference.stochastic_round)
+        pool[s] = to_bfloat16_stochastic(updated, rounding_random(rounding_seed, s, c))
+    else:
+        pool[s] = updated
     has_next = (live < chunks) & finite
     candidate = torch.zeros(num_unique)
     rows = has_next.nonzero().reshape(-1)

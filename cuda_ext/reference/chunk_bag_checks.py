@@ -62,9 +62,17 @@ def check_unique_args(values, offsets, feature_table, table_rows, batch_size: in
     return int(offsets[-1])
 
 
+def _pool_dtype(op: str, pool: torch.Tensor) -> None:
+    """A chunk pool is float32 or bfloat16 (bfloat16 on the CPU only, as the kernels)."""
+    _dtype(op, "pool", pool, torch.float32, torch.bfloat16)
+    _expect(pool.dtype == torch.float32 or not pool.is_cuda,
+            f"{op}: pool is BFloat16 on {pool.device}: bfloat16 chunk pools (FiitedConfig.weight_dtype) train on the "
+            "CPU only so far; use float32 on CUDA")
+
+
 def check_forward_args(pool, slots, inverse, offsets, weights, feature_table, table_chunks, feature_cols,
                        batch_size: int, out_dim: int, pooling_mode: int) -> None:
-    _dtype(FORWARD, "pool", pool, torch.float32)
+    _pool_dtype(FORWARD, pool)
     _dtype(FORWARD, "slots", slots, torch.int32)
     _dtype(FORWARD, "inverse", inverse, torch.int32)
     _dtype(FORWARD, "feature_table", feature_table, torch.int32)
@@ -99,7 +107,8 @@ def check_forward_args(pool, slots, inverse, offsets, weights, feature_table, ta
 
 
 def _check_updated_tensors(pool, optim_state, slot_utility, optimizer: int, row_entries, num_unique: int) -> None:
-    for name, t in (("pool", pool), ("optim_state", optim_state), ("slot_utility", slot_utility)):
+    _pool_dtype(BACKWARD, pool)
+    for name, t in (("optim_state", optim_state), ("slot_utility", slot_utility)):
         _dtype(BACKWARD, name, t, torch.float32)
     _expect(pool.is_contiguous() and optim_state.is_contiguous() and slot_utility.is_contiguous(),
             f"{BACKWARD}: pool, optim_state and slot_utility must be contiguous (updated in place)")

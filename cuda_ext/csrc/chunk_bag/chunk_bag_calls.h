@@ -37,6 +37,7 @@ struct BackwardCall {
   double lr, eps;
   int64_t utility_rule;
   bool need_weight_grad;
+  int64_t rounding_seed;  // seeds the stochastic rounding of a bfloat16 pool's updated weights
 };
 
 // A checked backward call's read-only arrays as host pointers (the CPU kernel and the CPU checks walk them).

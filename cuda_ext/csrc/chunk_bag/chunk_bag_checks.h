@@ -90,6 +90,14 @@ inline void check_forward_columns(const at::Tensor& feature_cols, const at::Tens
   }
 }
 
+// A chunk pool is float32 or bfloat16 (CPU only so far: the CUDA kernels read and write float32).
+inline void check_pool_dtype(const at::Tensor& pool, const char* name) {
+  EMB_OPT_CHECK(pool.scalar_type() == at::kFloat || pool.scalar_type() == at::kBFloat16, name,
+                " must be Float or BFloat16, got ", pool.scalar_type());
+  EMB_OPT_CHECK(pool.scalar_type() == at::kFloat || !pool.is_cuda(), name, " is BFloat16 on ", pool.device(),
+                ": bfloat16 chunk pools (FiitedConfig.weight_dtype) train on the CPU only so far; use float32 on CUDA");
+}
+
 inline ForwardCall check_forward_args(const at::Tensor& pool, const at::Tensor& slots, const at::Tensor& inverse,
                                       const at::Tensor& offsets, const std::optional<at::Tensor>& weights,
                                       const at::Tensor& feature_table, const at::Tensor& table_chunks,
@@ -99,7 +107,7 @@ inline ForwardCall check_forward_args(const at::Tensor& pool, const at::Tensor& 
                     {{"slots", &slots}, {"inverse", &inverse}, {"offsets", &offsets},
                      {"weights", weights.has_value() ? &*weights : nullptr}, {"feature_table", &feature_table},
                      {"table_chunks", &table_chunks}, {"feature_cols", &feature_cols}});
-  EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_forward: pool");
+  check_pool_dtype(pool, "chunk_bag_forward: pool");
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_forward: slots");
   EMB_OPT_CHECK_DTYPE(inverse, at::kInt, "chunk_bag_forward: inverse");
   EMB_OPT_CHECK_DTYPE(feature_table, at::kInt, "chunk_bag_forward: feature_table");
@@ -143,7 +151,7 @@ inline ForwardCall check_forward_args(const at::Tensor& pool, const at::Tensor& 
 // which also needs row_entries [U] int32 (the entry of each unique row).
 inline void check_updated_tensors(const at::Tensor& pool, const at::Tensor& optim_state, const at::Tensor& slot_utility,
                                   int64_t optimizer, const std::optional<at::Tensor>& row_entries, int64_t num_unique) {
-  EMB_OPT_CHECK_DTYPE(pool, at::kFloat, "chunk_bag_backward_update_: pool");
+  check_pool_dtype(pool, "chunk_bag_backward_update_: pool");
   EMB_OPT_CHECK_DTYPE(optim_state, at::kFloat, "chunk_bag_backward_update_: optim_state");
   EMB_OPT_CHECK_DTYPE(slot_utility, at::kFloat, "chunk_bag_backward_update_: slot_utility");
   EMB_OPT_CHECK(pool.is_contiguous() && optim_state.is_contiguous() && slot_utility.is_contiguous(),
@@ -175,7 +183,7 @@ inline BackwardCall check_backward_update_args(
     const at::Tensor& unique_occ, const at::Tensor& occ_bag, const at::Tensor& offsets,
     const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
     int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
-    bool need_weight_grad, const std::optional<at::Tensor>& row_entries) {
+    bool need_weight_grad, const std::optional<at::Tensor>& row_entries, int64_t rounding_seed) {
   check_same_device(kBackwardOp, pool.device(),
                     {{"optim_state", &optim_state}, {"slot_utility", &slot_utility}, {"grad_out", &grad_out},
                      {"slots", &slots}, {"row_keys", &row_keys}, {"unique_offsets", &unique_offsets},
@@ -211,7 +219,7 @@ inline BackwardCall check_backward_update_args(
   BackwardCall in{grad_out.contiguous().to(at::kFloat), slots.contiguous(), row_keys.contiguous(),
                   unique_offsets.contiguous(), unique_occ.contiguous(), occ_bag.contiguous(), offsets.contiguous(),
                   at::Tensor(), table_chunks.contiguous(), feature_cols.contiguous(), at::Tensor(), batch_size,
-                  pooling_mode, optimizer, lr, eps, utility_rule, need_weight_grad};
+                  pooling_mode, optimizer, lr, eps, utility_rule, need_weight_grad, rounding_seed};
   if (weights.has_value() && weights->defined()) {
     in.weights = weights->contiguous();
     EMB_OPT_CHECK_DTYPE(in.weights, at::kFloat, "chunk_bag_backward_update_: weights");

@@ -2,6 +2,8 @@
 // Determinism: the unique pass is sequential (first-occurrence order); forward is parallel over bags and
 // backward over unique rows, each summing its occurrences in a fixed order, and every pool slot belongs to
 // exactly one unique row, so the fused optimizer needs no atomics and results do not depend on threads.
+// The pool is float32 or bfloat16 (weight_t): arithmetic is float32 either way, and a bfloat16 pool stores each
+// updated weight stochastically rounded (common/stochastic_round.h) with the call's rounding_seed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,6 +15,7 @@
 
 #include "chunk_bag/chunk_bag_entry.h"
 #include "common/layout.h"
+#include "common/stochastic_round.h"
 
 namespace emb_opt {
 namespace {
@@ -97,13 +100,22 @@ UniqueResult unique_cpu(const UniqueCall& call) {
   return result;
 }
 
-at::Tensor forward_cpu(const ForwardCall& in) {
+// A pool weight as float32, and the stored form of an updated one (float32 as is, bfloat16 rounded stochastically
+// with the random bits of its slot and column).
+inline float stored(float value, uint64_t /*random*/, float*) { return value; }
+inline at::BFloat16 stored(float value, uint64_t random, at::BFloat16*) {
+  return at::BFloat16(bfloat16_bits_stochastic(value, random), at::BFloat16::from_bits());
+}
+
+template <typename weight_t>
+at::Tensor forward_impl(const ForwardCall& in) {
   const int64_t batch_size = in.batch_size, out_dim = in.out_dim;
   const int64_t num_features = in.feature_table.numel();
   const int64_t c = in.pool.size(1);
   const int64_t max_chunks = in.slots.size(1);
-  auto out = at::zeros({batch_size, out_dim}, in.pool.options());
-  const float *pp = in.pool.data_ptr<float>(), *wp = data_or_null<float>(in.weights);
+  auto out = at::zeros({batch_size, out_dim}, in.pool.options().dtype(at::kFloat));
+  const weight_t* pp = in.pool.data_ptr<weight_t>();
+  const float* wp = data_or_null<float>(in.weights);
   const int32_t *sp = in.slots.data_ptr<int32_t>(), *ip = in.inverse.data_ptr<int32_t>();
   const int32_t *ftp = in.feature_table.data_ptr<int32_t>(), *tcp = in.table_chunks.data_ptr<int32_t>();
   const int64_t *op = in.offsets.data_ptr<int64_t>(), *fcp = in.feature_cols.data_ptr<int64_t>();
@@ -121,9 +133,9 @@ at::Tensor forward_cpu(const ForwardCall& in) {
         for (int64_t k = 0; k < chunks; ++k) {
           const int32_t s = row_slots[k];
           if (s < 0) break;
-          const float* src = pp + static_cast<int64_t>(s) * c;
+          const weight_t* src = pp + static_cast<int64_t>(s) * c;
           float* d = dst + k * c;
-          for (int64_t j = 0; j < c; ++j) d[j] += wi * src[j];
+          for (int64_t j = 0; j < c; ++j) d[j] += wi * static_cast<float>(src[j]);
         }
       }
       if (in.pooling_mode == kPoolingMean && stop > start) {
@@ -135,18 +147,24 @@ at::Tensor forward_cpu(const ForwardCall& in) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tensor& pool, at::Tensor& optim_state,
-                                                at::Tensor& slot_utility) {
+at::Tensor forward_cpu(const ForwardCall& in) {
+  return in.pool.scalar_type() == at::kBFloat16 ? forward_impl<at::BFloat16>(in) : forward_impl<float>(in);
+}
+
+template <typename weight_t>
+std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Tensor& pool, at::Tensor& optim_state,
+                                                 at::Tensor& slot_utility) {
   const int64_t batch_size = in.batch_size, pooling_mode = in.pooling_mode, optimizer = in.optimizer;
   const bool need_weight_grad = in.need_weight_grad;
   const int64_t c = pool.size(1);
   const int64_t num_unique = in.row_keys.numel();
   const int64_t max_chunks = in.slots.size(1);
   const int64_t out_dim = in.grad_out.size(1);
-  auto candidate = at::zeros({num_unique}, pool.options());
-  auto weight_grad =
-      need_weight_grad ? at::zeros({in.unique_occ.numel()}, pool.options()) : at::empty({0}, pool.options());
-  float* pp = pool.data_ptr<float>();
+  const auto float_opts = pool.options().dtype(at::kFloat);
+  auto candidate = at::zeros({num_unique}, float_opts);
+  auto weight_grad = need_weight_grad ? at::zeros({in.unique_occ.numel()}, float_opts) : at::empty({0}, float_opts);
+  weight_t* pp = pool.data_ptr<weight_t>();
+  const int64_t seed = in.rounding_seed;
   float* stp = optimizer == kOptimSgd ? nullptr : optim_state.data_ptr<float>();
   float* up = slot_utility.data_ptr<float>();
   const BackwardArrays x(in);
@@ -172,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tens
           float acc = 0.0f;
           for (int64_t k = 0; k < live; ++k) {
             const float* gr = x.grad_out + b * out_dim + x.feature_cols[f] + k * c;
-            const float* wr = pp + static_cast<int64_t>(row_slots[k]) * c;
-            for (int64_t j = 0; j < c; ++j) acc += gr[j] * wr[j];
+            const weight_t* wr = pp + static_cast<int64_t>(row_slots[k]) * c;
+            for (int64_t j = 0; j < c; ++j) acc += gr[j] * static_cast<float>(wr[j]);
           }
           wgp[i] = acc * scale;
         }
@@ -219,22 +237,30 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tens
         const int64_t s = row_slots[k];
         const float* gk = grad.data() + k * c;
         up[s] += score[k];
-        float* wr = pp + s * c;
-        if (optimizer == kOptimSgd) {
-          for (int64_t j = 0; j < c; ++j) wr[j] -= flr * gk[j];
-        } else if (optimizer == kOptimAdagrad) {
-          float* st = stp + s * c;
-          for (int64_t j = 0; j < c; ++j) {
-            st[j] += gk[j] * gk[j];
-            wr[j] -= flr * gk[j] / (std::sqrt(st[j]) + feps);
+        weight_t* wr = pp + s * c;
+        for (int64_t j = 0; j < c; ++j) {
+          float step;
+          if (optimizer == kOptimSgd) {
+            step = flr * gk[j];
+          } else if (optimizer == kOptimAdagrad) {
+            float& st = stp[s * c + j];
+            st += gk[j] * gk[j];
+            step = flr * gk[j] / (std::sqrt(st) + feps);
+          } else {
+            step = row_mult * gk[j];
           }
-        } else {
-          for (int64_t j = 0; j < c; ++j) wr[j] -= row_mult * gk[j];
+          wr[j] = stored(static_cast<float>(wr[j]) - step, rounding_random(seed, s, c, j), wr);
         }
       }
     }
   });
   return {candidate, weight_grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tensor& pool, at::Tensor& optim_state,
+                                                at::Tensor& slot_utility) {
+  if (pool.scalar_type() == at::kBFloat16) return backward_impl<at::BFloat16>(in, pool, optim_state, slot_utility);
+  return backward_impl<float>(in, pool, optim_state, slot_utility);
 }
 
 }  // namespace
