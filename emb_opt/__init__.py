@@ -5,6 +5,7 @@
 * ``convert(model, memory_budget=...)`` -- swap every ``EmbeddingBagCollection`` of a model for one;
 * ``export_inference(model)`` -- a read-only copy for serving: live chunks and row index only, traceable;
 * ``memory_report(module)`` / ``plot_memory_report(df, path)`` -- where the embedding memory goes;
+* ``lookup_coverage(collection, kjts)`` -- per feature, how many lookups of some data read stored chunks;
 * ``save_checkpoint(obj, path)`` / ``load_checkpoint(path)`` -- atomic writes, reads that run no code.
 """
 from emb_opt.checkpoint_files import load_checkpoint, save_checkpoint
@@ -31,6 +32,7 @@ __all__ = [
     "export_inference",
     "FiitedInferenceCollection",
     "memory_report",
+    "lookup_coverage",
     "plot_memory_report",
     "plot_telemetry",
     "save_checkpoint",
@@ -40,6 +42,7 @@ __all__ = [
 # Imported when first asked for: the report (pandas, matplotlib).
 _LAZY_EXPORTS = {
     "memory_report": "emb_opt.report",
+    "lookup_coverage": "emb_opt.report",
     "plot_memory_report": "emb_opt.report.plots",
     "plot_telemetry": "emb_opt.report.plots",
 }

@@ -8,6 +8,7 @@ FIITED (and semantic IDs), at equal bytes.
     python -m experiments.criteo_dlrm --data-dir ~/criteo                # Kaggle train.txt or Terabyte day_* files
     python -m experiments.criteo_dlrm --dataset movielens-100k --seeds 1,2,3,4,5   # or movielens-dslabs
     python -m experiments.criteo_dlrm --methods full,hash,freqvocab,fiited --doorkeeper   # FIITED's opt-in levers
+    python -m experiments.criteo_dlrm --methods full,rowprune,fiited --weight-dtype bfloat16   # bfloat16 chunk stores
 
 Config, data, model, train, eval, report, top to bottom. Trains ``torchrec.models.dlrm.DLRM`` once per method
 (``experiments.dlrm_methods``: each but ``full`` at every budget, a fraction of the full tables' bytes with
@@ -15,7 +16,8 @@ optimizer state), all from the same data, seeds and initial values (common rando
 the tables and Adam for the dense part, and evaluates AUC / log loss / NE on held-out samples: the generator's
 eval stream, or the lines right after the training lines of real files. Bytes are ``emb_opt.memory_report``'s
 total of each collection. Writes ``<out>/results.csv`` (appended), ``auc_vs_bytes.png``, FIITED's
-``telemetry_<method>.png`` and, for several seeds, ``seeds_summary.csv`` (paired differences, standard errors).
+``telemetry_<method>.png``, per chunk store ``tables_<method>.csv`` (what it kept per table, and which share of the
+held-out lookups of each feature found stored chunks) and, for several seeds, ``seeds_summary.csv`` (paired differences, standard errors).
 ``--nproc N`` trains every method sharded under ``DistributedModelParallel`` on N CPU processes.
 """
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Config:
     prefix_dropout: Optional[float] = None
     fallback_rows: Optional[int] = None  # shared rows per table for ids without chunks (emb_opt.fallback_rows)
     doorkeeper: Optional[bool] = None  # admit a row without chunks from its second access
+    weight_dtype: Optional[str] = None  # every chunk store's (rowprune, fiited, fiited_sid): "bfloat16" = more rows
     # run
     nproc: int = 1  # > 1: every method sharded under DistributedModelParallel on that many CPU processes
     out: str = "results/criteo_dlrm"
@@ -334,6 +337,8 @@ def run_method(config: Config, data: Data, codes: Optional[torch.Tensor], method
     options = dict(warmup_steps=config.warmup_steps, resize_interval=config.resize_interval)
     if method in ("fiited", "fiited_sid"):
         options.update({k: getattr(config, k) for k in FIITED_OPTIONS if getattr(config, k) is not None})
+    if method in FIITED_METHODS and config.weight_dtype is not None:  # a property of the store, not of FIITED's rule
+        options["weight_dtype"] = config.weight_dtype
     collection = build_collection(method, budget, data.tables, seed=seed, learning_rate=config.emb_lr,
                                   chunk_size=config.chunk_size, fiited_options=options, codes=codes,
                                   item_table=ITEM_TABLE, codebook_size=config.sid_codebook_size, for_sharding=world > 1,
@@ -383,6 +388,8 @@ def compare(config: Config, seed: int, out: str) -> pd.DataFrame:
             row, collection = run_method(config, data, codes, method, budget, seed, id_counts=counts)
             rows.append(row)
             plot_fiited_telemetry(collection, os.path.join(out, f"telemetry_{row['method']}.png"))
+            if hasattr(collection, "store"):  # a chunk store read directly (fiited_sid reads tokens: skipped)
+                write_table_report(collection, data.eval_batches, os.path.join(out, f"tables_{row['method']}.csv"))
     return report(config, pd.DataFrame(rows), data.description, started, out)
 
 
@@ -413,6 +420,18 @@ def training_id_counts(config: Config, data: Data) -> Dict[str, torch.Tensor]:
 
 
 # ---- report -----------------------------------------------------------------------------------------------
+def write_table_report(collection: nn.Module, eval_batches: Sequence[Batch], path: str) -> None:
+    """What a chunk store kept per table and what the held-out data read from it, one row per feature: the
+    table's virtual and stored rows, mean width and bytes (``emb_opt.memory_report``) beside the share of the eval
+    lookups that found stored chunks (``emb_opt.lookup_coverage``)."""
+    import emb_opt
+
+    tables = emb_opt.memory_report(collection)[["table", "virtual_rows", "live_rows", "mean_dim", "total_bytes"]]
+    coverage = emb_opt.lookup_coverage(collection, (b.sparse_features for b in eval_batches))
+    tables = tables.rename(columns={"mean_dim": "mean_stored_dim", "total_bytes": "table_bytes"})
+    coverage.rename(columns={"mean_dim": "mean_dim_read"}).merge(tables, on="table").to_csv(path, index=False)
+
+
 def plot_fiited_telemetry(collection: nn.Module, path: str) -> None:
     """Dimensions over training of a FIITED (or row-pruning) collection, plain or behind transforms."""
     telemetry = getattr(getattr(collection, "collection", collection), "telemetry", None)

@@ -24,6 +24,10 @@ def test_every_method_runs_and_is_reported(tmp_path):
     assert len(saved) == len(df) and "cfg_steps" in saved.columns
     assert os.path.getsize(tmp_path / "auc_vs_bytes.png") > 1000
     assert os.path.getsize(tmp_path / "telemetry_fiited@0.1.png") > 1000
+    tables = pd.read_csv(tmp_path / "tables_fiited@0.1.csv")  # what the store kept, what the eval data read
+    assert len(tables) == 26 and tables["lookups"].gt(0).all() and tables["stored_share"].between(0, 1).all()
+    assert (tables["live_rows"] <= tables["virtual_rows"]).all() and tables["table_bytes"].sum() > 0
+    assert os.path.exists(tmp_path / "tables_rowprune@0.1.csv")
 
 
 @pytest.mark.distributed

@@ -30,10 +30,14 @@ the shared OOV row, so its virtual rows all read a full vector too. Its state_di
 (``<prefix>.transforms.<n>.vocabulary_<i>``), so one is reported as ``freqvocab`` from a state_dict as well (its
 virtual rows then unknown: the physical ones).
 
+``lookup_coverage(collection, kjts)`` (``coverage``) is the other side: per feature, which share of some data's
+lookups read stored chunks, and how wide.
+
 The package: ``rows`` (the row model and the DataFrame), ``accounting`` (the rows of one collection),
 ``discovery`` (``memory_report``: finding the collections), ``plots`` (figures), ``cli`` (``python -m
 emb_opt.report CHECKPOINT [--out DIR] [--optimizer NAME]``, see ``--help``).
 """
+from emb_opt.report.coverage import COVERAGE_COLUMNS, lookup_coverage
 from emb_opt.report.discovery import collect, memory_report, unwrap_checkpoint
 from emb_opt.report.rows import (
     ALL, BYTE_COLUMNS, COLUMNS, INT_COLUMNS, MAIN_COLUMNS, SHARED, TOTAL, CollectionReport, format_histogram,
@@ -41,6 +45,6 @@ from emb_opt.report.rows import (
 )
 from emb_opt.report.cli import main
 
-__all__ = ["memory_report", "collect", "unwrap_checkpoint", "report_frame", "CollectionReport", "COLUMNS",
+__all__ = ["memory_report", "lookup_coverage", "COVERAGE_COLUMNS", "collect", "unwrap_checkpoint", "report_frame", "CollectionReport", "COLUMNS",
            "BYTE_COLUMNS", "INT_COLUMNS", "MAIN_COLUMNS", "SHARED", "TOTAL", "ALL", "format_histogram",
            "parse_histogram", "main"]
