@@ -19,18 +19,19 @@ from typing import Optional, Tuple
 import torch
 
 from cuda_ext import ops
-from emb_opt.chunk_store import VhpiChunkStore
+from emb_opt.chunk_store import ChunkValues, VhpiChunkStore
 from emb_opt.store_counters import StoreCounter
 
 
 def admit(store: VhpiChunkStore, row_keys: torch.Tensor, slots: torch.Tensor, entries: Optional[torch.Tensor] = None,
-          allow_moves: bool = True) -> torch.Tensor:
+          allow_moves: bool = True, start: Optional[ChunkValues] = None) -> torch.Tensor:
     """Give touched rows the chunks their candidate utility earns (see the module docstring).
 
     row_keys [U] int64, slots [U, max_chunks] int32 from ``store.lookup_rows``; returns slots with the new
     chunks. ``entries`` [U] int32 from ``lookup_rows``, if given, gets the index entries of newly stored rows (in
     place). ``allow_moves=False`` (a forward whose backward is pending holds slots of this store): only rows
     without chunks get some; rows that have chunks keep them where they are and grow in a later step.
+    ``start``: the values new rows start from (``VhpiChunkStore.place_rows``), else their hashed init.
     """
     chunks = store.chunks_of(row_keys).to(torch.int64)
     live = (slots >= 0).sum(1)
@@ -66,7 +67,7 @@ def admit(store: VhpiChunkStore, row_keys: torch.Tensor, slots: torch.Tensor, en
     if not bool(got.any()):
         return slots
     rows, granted, estimate, have = rows[got], granted[got], estimate[got], have[got]
-    runs, added = store.place_rows(row_keys[rows], slots[rows], have, granted, estimate)
+    runs, added = store.place_rows(row_keys[rows], slots[rows], have, granted, estimate, start)
     slots[rows] = runs
     if entries is not None and added.numel():
         entries[rows[have == 0]] = added.to(entries.dtype)

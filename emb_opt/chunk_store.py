@@ -34,7 +34,7 @@ This class owns every write to its buffers; the policies that decide what to wri
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -49,6 +49,7 @@ from emb_opt.store_checkpoint import checkpoint_problems, store_description
 from emb_opt.store_counters import COUNTER_NAMES, NUM_COUNTERS, StoreCounter
 
 _GROWTH = 1.5
+ChunkValues = Callable[[torch.Tensor], torch.Tensor]  # chunk keys [n] -> their values [n, c]
 
 
 class VhpiChunkStore(ChunkStoreBase):
@@ -296,12 +297,13 @@ class VhpiChunkStore(ChunkStoreBase):
         return entries
 
     def place_rows(self, row_keys: torch.Tensor, old_slots: torch.Tensor, have: torch.Tensor, granted: torch.Tensor,
-                   utility: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                   utility: torch.Tensor, start: Optional[ChunkValues] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Give rows ``row_keys`` [n] (holding ``have`` [n] chunks at ``old_slots`` [n, Cmax]) ``granted`` [n] more
         chunks each: every row gets a new run of ``have + granted`` slots at the high-water mark; rows that had
         chunks move there (chunks, state and utilities; the entry stays), new rows get an index entry. New
         chunks get their init values, zero optimizer state and utility ``utility`` [n] of their row; the caller
-        made room. Returns (the new runs' slots, int32 [n, Cmax] with -1 past each run; the new rows' entries,
+        made room. ``start``, if given, gives the chunks of new rows (``have == 0``) their values instead, from
+        their chunk keys (``FiitedConfig.fallback_init``). Returns (the new runs' slots, int32 [n, Cmax] with -1 past each run; the new rows' entries,
         int64 [number of rows with have == 0], in their order)."""
         length = have + granted
         first = self.counter(StoreCounter.HIGH_WATER) + torch.cumsum(length, 0) - length
@@ -325,7 +327,11 @@ class VhpiChunkStore(ChunkStoreBase):
         owner, within = run_positions(granted)
         chunk = have[owner] + within
         new_slots = first[owner] + chunk
-        self.pool_weights[new_slots] = self.init_chunks(row_keys[owner] + chunk).to(self.pool_weights.dtype)
+        values = self.init_chunks(row_keys[owner] + chunk)
+        if start is not None:
+            fresh = (have[owner] == 0).nonzero().reshape(-1)
+            values[fresh] = start(row_keys[owner[fresh]] + chunk[fresh]).to(values.dtype)
+        self.pool_weights[new_slots] = values.to(self.pool_weights.dtype)
         self.pool_state[new_slots] = 0
         self.slot_utility[new_slots] = utility[owner]
         self.count(StoreCounter.HIGH_WATER, int(length.sum()))

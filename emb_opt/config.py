@@ -37,6 +37,10 @@ Every knob the design exposes is here with the reason for its default:
   full) read one of F shared rows of their table, trained like chunks (``emb_opt.fallback_rows``), instead of
   zeros -- the out-of-vocabulary row of a frequency vocabulary (F = 1), CAFE's shared hashed rows (F > 1); 0 = off
   (they read zeros). Their bytes come out of the budget.
+* ``fallback_init`` (needs ``fallback_rows``): a row admitted without chunks starts from the fallback row it
+  read until then -- what its table's unstored ids have learnt -- instead of its hashed init values, so its output
+  does not jump at admission and what its earlier accesses taught the shared row is not lost (CAFE's migration
+  of an id from the shared hashed table into its own row). Rows that grow keep the hashed init for new chunks.
 * ``doorkeeper``: a row without chunks is admitted only once the sketch holds evidence of an earlier access (its
   first access leaves its utility there), as TinyLFU's doorkeeper keeps one-hit ids out of a cache; rows that hold
   chunks grow as before. Off: rows are admitted on first touch while the budget allows.
@@ -150,6 +154,7 @@ class FiitedConfig:
     initial_capacity: int = 1 << 16  # slots allocated at start (grows x1.5 up to the budget)
 
     fallback_rows: int = 0  # shared rows per table for ids without chunks (0: they read zeros)
+    fallback_init: bool = False  # a newly admitted row starts from its fallback row's values
     doorkeeper: bool = False  # admit a row without chunks only from its second access
     weight_dtype: str = "float32"  # chunk weights in the pool: "float32" or "bfloat16" (stochastic rounding)
     nonfinite: str = "skip"  # a step whose output gradient or per-sample weights hold NaN / inf: "skip" or "raise"
@@ -178,8 +183,9 @@ class FiitedConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"FiitedConfig: {name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
-        if not isinstance(self.doorkeeper, bool):
-            raise ValueError(f"FiitedConfig: doorkeeper must be a bool, got {self.doorkeeper!r}")
+        for name in ("doorkeeper", "fallback_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FiitedConfig: {name} must be a bool, got {getattr(self, name)!r}")
         checks = [
             (self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -198,6 +204,8 @@ class FiitedConfig:
             (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),
             (self.initial_capacity >= 1, f"initial_capacity must be >= 1, got {self.initial_capacity}"),
             (0 <= self.fallback_rows <= 1 << 20, f"fallback_rows must be in [0, 2^20], got {self.fallback_rows}"),
+            (not self.fallback_init or self.fallback_rows > 0, "fallback_init=True starts new rows from their "
+             "fallback rows: it needs fallback_rows > 0"),
             (self.weight_dtype in WEIGHT_DTYPES, f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, got "
              f"{self.weight_dtype!r}"),
             (self.nonfinite in ("skip", "raise"), f"nonfinite must be 'skip' or 'raise', got {self.nonfinite!r}"),

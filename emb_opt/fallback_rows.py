@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cuda_ext import ops
+from cuda_ext.layout import key_chunk, key_table, row_of_key
 from emb_opt.config import FiitedConfig, OptimizerType
 
 _HASH_SEED = 0x5F0B  # which fallback row a key reads: independent of the store's other hashes
@@ -61,6 +62,14 @@ class FallbackRows(nn.Module):
     def rows_of(self, row_keys: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """Fallback row [n] int64 of each row key [n] (of table ``tables`` [n])."""
         return tables.to(torch.int64) * self.rows_per_table + ops.mix_hash(row_keys, self.rows_per_table, _HASH_SEED)
+
+    def chunk_values(self, keys: torch.Tensor) -> torch.Tensor:
+        """The fallback values ``[n, c]`` of chunk keys [n]: chunk k of a row is columns ``k*c .. k*c+c`` of the
+        fallback row that row reads (what ``FiitedConfig.fallback_init`` starts a newly admitted row from)."""
+        c = self.config.chunk_size
+        rows = self.rows_of(row_of_key(keys), key_table(keys))
+        columns = key_chunk(keys).unsqueeze(1) * c + torch.arange(c, device=keys.device)
+        return self.weights[rows.unsqueeze(1), columns]
 
     def gather(self, plan: Any, feature_table: torch.Tensor, feature_cols: torch.Tensor, out_dim: int,
                mean_pooling: bool) -> "FallbackBatch":

@@ -233,7 +233,8 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             self.resize_now()
         layout = self._layout()
         plan = store_step.plan_batch(self.store, layout, values, offsets, weights, batch_size)
-        out = store_step.forward(self.store, layout, plan, training, self._anchor, self.config.prefix_dropout)
+        start = self.fallback.chunk_values if self.config.fallback_init else None
+        out = store_step.forward(self.store, layout, plan, training, self._anchor, self.config.prefix_dropout, start)
         if self.fallback is not None:
             out = out + self._fallback_values(plan, training)
         if self._divides_means:

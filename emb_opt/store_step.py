@@ -31,7 +31,7 @@ import torch
 from cuda_ext import ops
 from cuda_ext.layout import OPTIMIZER_CODES, UTILITY_CODES
 from emb_opt.admission import admit
-from emb_opt.chunk_store import VhpiChunkStore
+from emb_opt.chunk_store import ChunkValues, VhpiChunkStore
 from emb_opt.store_counters import StoreCounter
 
 
@@ -136,12 +136,14 @@ def _raise_length_mismatch(layout: FeatureLayout, offsets: torch.Tensor, total: 
 
 # ---- 2. forward ---------------------------------------------------------------------------------------------
 def forward(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan, training: bool, anchor: torch.Tensor,
-            prefix_dropout: float = 0.0) -> torch.Tensor:
+            prefix_dropout: float = 0.0, start: Optional[ChunkValues] = None) -> torch.Tensor:
     """Pooled ``[B, out_dim]`` float32 output of the planned batch. ``training``: a training step (admission,
-    step counter, fused backward through ``anchor``); otherwise nothing in the store changes."""
+    step counter, fused backward through ``anchor``); otherwise nothing in the store changes. ``start``: the
+    values rows admitted without chunks start from (``emb_opt.admission.admit``)."""
     if training:
         # rows move only when no earlier forward's backward still holds their slots
-        plan.slots = admit(store, plan.row_keys, plan.slots, plan.entries, allow_moves=store.pending_backward == 0)
+        plan.slots = admit(store, plan.row_keys, plan.slots, plan.entries, allow_moves=store.pending_backward == 0,
+                           start=start)
         if prefix_dropout > 0:
             drop_chunk_suffixes(store, plan, prefix_dropout)
         store.count(StoreCounter.STEP)

@@ -82,6 +82,7 @@ class Config:
     position_exponent: Optional[float] = None
     prefix_dropout: Optional[float] = None
     fallback_rows: Optional[int] = None  # shared rows per table for ids without chunks (emb_opt.fallback_rows)
+    fallback_init: Optional[bool] = None  # a newly admitted row starts from its fallback row (needs fallback_rows)
     doorkeeper: Optional[bool] = None  # admit a row without chunks from its second access
     weight_dtype: Optional[str] = None  # every chunk store's (rowprune, fiited, fiited_sid): "bfloat16" = more rows
     # run
@@ -98,7 +99,7 @@ MOVIELENS = dict(methods="full,hash,rowprune,freqvocab,fiited", budgets="0.1,0.0
                  warmup_steps=20, resize_interval=10)
 MOVIELENS_QUICK = dict(steps=30, warmup_steps=10, resize_interval=5)
 GENERATOR_OPTIONS = ("latent_dim", "interaction_scale")
-FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout", "fallback_rows", "doorkeeper")
+FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init", "doorkeeper")
 ITEM_TABLE, SID_LEVELS = "t_cat_2", 3  # synthetic data: the feature with content embeddings, its code levels
 
 

@@ -202,6 +202,39 @@ def test_the_doorkeeper_admits_a_row_from_its_second_access():
     assert int(plain.store.lookup_rows(key)[1][0, 0]) >= 0  # without it: first touch
 
 
+def test_with_fallback_init_a_new_row_starts_from_the_fallback_row_it_read():
+    def first_access_then_admission(m):
+        quiet_train(m, 6)  # with the doorkeeper, first accesses read (and train) the fallback rows
+        unseen = next(i for i in range(1000) if int(m.store.lookup_rows(key_of(i))[1][0, 0]) < 0
+                      and float(m.store.sketch_estimate(key_of(i))[0]) == 0)
+        one = KeyedJaggedTensor.from_lengths_sync(["f0", "f1", "f2"], torch.tensor([unseen]),
+                                                  torch.tensor([1, 0, 0], dtype=torch.int32))
+        (m(one).values() + 1).pow(2).sum().backward()  # its first access: evidence, no chunks
+        assert int(m.store.lookup_rows(key_of(unseen))[1][0, 0]) < 0
+        m.eval()
+        before = m(one).values()  # it reads its fallback row
+        m.train()
+        admitted = m(one).values()  # its second access: admitted
+        slots = m.store.lookup_rows(key_of(unseen))[1][0, :2]
+        assert bool((slots >= 0).all())
+        row = int(mix_hash(key_of(unseen), 3, _HASH_SEED))
+        return before, admitted, m.store.pool_weights[slots.long()].reshape(-1), m.fallback.weights[row, :8].clone()
+
+    def key_of(i):
+        return pack_row_key(torch.tensor([0]), torch.tensor([i]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        before, admitted, chunks, fallback = first_access_then_admission(
+            collection(fallback_rows=3, fallback_init=True, doorkeeper=True, warmup_steps=1000))
+        assert fallback.abs().sum() > 0
+        torch.testing.assert_close(chunks, fallback, rtol=0, atol=0)
+        torch.testing.assert_close(admitted, before, rtol=0, atol=0)  # the output does not jump at admission
+        before, admitted, chunks, fallback = first_access_then_admission(
+            collection(fallback_rows=3, doorkeeper=True, warmup_steps=1000))
+        assert not torch.equal(chunks, fallback) and not torch.equal(admitted, before)  # without: its hashed init
+
+
 def test_fallback_rows_that_leave_no_room_for_the_store_are_named():
     with pytest.raises(ValueError, match=r"fallback_rows=200 takes \d+ bytes \(200 rows per table\)"):
         collection(fallback_rows=200)
@@ -211,6 +244,9 @@ def test_fallback_rows_that_leave_no_room_for_the_store_are_named():
     (dict(fallback_rows=-1), r"fallback_rows must be in \[0, 2\^20\]"),
     (dict(fallback_rows=1.5), "fallback_rows must be an int"),
     (dict(doorkeeper=1), "doorkeeper must be a bool"),
+    (dict(fallback_init=1), "fallback_init must be a bool"),
+    (dict(fallback_rows=0, fallback_init=True), "fallback_init=True starts new rows from their fallback rows: it "
+                                                "needs fallback_rows > 0"),
 ])
 def test_bad_options_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
