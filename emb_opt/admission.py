@@ -9,7 +9,9 @@ that does not fit whole. The others get no (more) chunks and read as zeros (coun
 ``denied_admissions``, warned once per store) until a resize frees room. An admitted row's candidate utility
 leaves the sketch and becomes the utility of its new chunks (``VhpiChunkStore.place_rows`` writes them).
 With ``config.doorkeeper``, a row without chunks whose sketch estimate is 0 (no earlier access on record) gets
-none in this step: its first access only leaves its utility in the sketch.
+none in this step: its first access only leaves its utility in the sketch -- always, or with
+``doorkeeper_when_full`` only in a step whose requests do not all fit the budget (a store with room admits on
+first touch, as without the doorkeeper).
 """
 from __future__ import annotations
 
@@ -41,11 +43,16 @@ def admit(store: VhpiChunkStore, row_keys: torch.Tensor, slots: torch.Tensor, en
     estimate = store.sketch_estimate(row_keys[wanting])
     theta = torch.cummax(store.thresholds, 0).values
     earned = (theta.unsqueeze(0) <= estimate.unsqueeze(1)).sum(1)
+    wanted = _wanted(earned, chunks[wanting], live[wanting], allow_moves)
     if store.config.doorkeeper:  # a row without chunks needs evidence of an earlier access
-        earned = torch.where((live[wanting] == 0) & (estimate <= 0), torch.zeros_like(earned), earned)
-    wanted = (torch.minimum(earned, chunks[wanting]) - live[wanting]).clamp(min=0)
-    if not allow_moves:
-        wanted = torch.where(live[wanting] > 0, torch.zeros_like(wanted), wanted)
+        unproven = (live[wanting] == 0) & (estimate <= 0)
+        if store.config.doorkeeper_when_full and bool(unproven.any()):
+            have = live[wanting]
+            need_slots, need_rows = int((have + wanted)[wanted > 0].sum()), int(((have == 0) & (wanted > 0)).sum())
+            free_slots, free_rows = store.ensure_free(need_slots, need_rows)
+            if free_slots >= need_slots and free_rows >= need_rows:
+                unproven = torch.zeros_like(unproven)  # every request fits: nothing to keep out
+        wanted = torch.where(unproven, torch.zeros_like(wanted), wanted)
     keep = wanted > 0
     rows, wanted, estimate = wanting[keep], wanted[keep], estimate[keep]
     if rows.numel() == 0:
@@ -73,6 +80,13 @@ def admit(store: VhpiChunkStore, row_keys: torch.Tensor, slots: torch.Tensor, en
         entries[rows[have == 0]] = added.to(entries.dtype)
     store.sketch_forget(row_keys[rows], estimate)
     return slots
+
+
+def _wanted(earned: torch.Tensor, chunks: torch.Tensor, live: torch.Tensor, allow_moves: bool) -> torch.Tensor:
+    """Chunks each row asks for: what its utility earns up to its table's chunks, beyond what it holds (rows
+    holding chunks ask for none while rows may not move)."""
+    wanted = (torch.minimum(earned, chunks) - live).clamp(min=0)
+    return torch.where(live > 0, torch.zeros_like(wanted), wanted) if not allow_moves else wanted
 
 
 def _grant_within_budget(store: VhpiChunkStore, wanted: torch.Tensor, have: torch.Tensor) -> torch.Tensor:

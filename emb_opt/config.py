@@ -43,7 +43,9 @@ Every knob the design exposes is here with the reason for its default:
   of an id from the shared hashed table into its own row). Rows that grow keep the hashed init for new chunks.
 * ``doorkeeper``: a row without chunks is admitted only once the sketch holds evidence of an earlier access (its
   first access leaves its utility there), as TinyLFU's doorkeeper keeps one-hit ids out of a cache; rows that hold
-  chunks grow as before. Off: rows are admitted on first touch while the budget allows.
+  chunks grow as before. Off: rows are admitted on first touch while the budget allows. ``doorkeeper_when_full``
+  applies it only in steps whose requests do not all fit the budget: while the store has room, first touch
+  admits (a one-off row then costs nothing that another row wanted, and a resize prunes it).
 * ``weight_dtype``: how the pool stores chunk weights -- "float32" (default) or "bfloat16" (CPU only so far).
   bfloat16 halves a chunk's weight bytes, so at equal bytes the store holds more rows and chunks (at D = 32,
   c = 16 with row-wise Adagrad, a whole row costs 97 bytes instead of 161); the fused optimizer computes in
@@ -156,6 +158,7 @@ class FiitedConfig:
     fallback_rows: int = 0  # shared rows per table for ids without chunks (0: they read zeros)
     fallback_init: bool = False  # a newly admitted row starts from its fallback row's values
     doorkeeper: bool = False  # admit a row without chunks only from its second access
+    doorkeeper_when_full: bool = False  # ... and only in steps whose requests do not all fit the budget
     weight_dtype: str = "float32"  # chunk weights in the pool: "float32" or "bfloat16" (stochastic rounding)
     nonfinite: str = "skip"  # a step whose output gradient or per-sample weights hold NaN / inf: "skip" or "raise"
 
@@ -183,7 +186,7 @@ class FiitedConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"FiitedConfig: {name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
-        for name in ("doorkeeper", "fallback_init"):
+        for name in ("doorkeeper", "doorkeeper_when_full", "fallback_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FiitedConfig: {name} must be a bool, got {getattr(self, name)!r}")
         checks = [
@@ -204,6 +207,8 @@ class FiitedConfig:
             (0 < self.sketch_fraction < 0.5, f"sketch_fraction must be in (0, 0.5), got {self.sketch_fraction}"),
             (self.initial_capacity >= 1, f"initial_capacity must be >= 1, got {self.initial_capacity}"),
             (0 <= self.fallback_rows <= 1 << 20, f"fallback_rows must be in [0, 2^20], got {self.fallback_rows}"),
+            (not self.doorkeeper_when_full or self.doorkeeper, "doorkeeper_when_full=True says when the doorkeeper "
+             "applies: it needs doorkeeper=True"),
             (not self.fallback_init or self.fallback_rows > 0, "fallback_init=True starts new rows from their "
              "fallback rows: it needs fallback_rows > 0"),
             (self.weight_dtype in WEIGHT_DTYPES, f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, got "

@@ -84,6 +84,7 @@ class Config:
     fallback_rows: Optional[int] = None  # shared rows per table for ids without chunks (emb_opt.fallback_rows)
     fallback_init: Optional[bool] = None  # a newly admitted row starts from its fallback row (needs fallback_rows)
     doorkeeper: Optional[bool] = None  # admit a row without chunks from its second access
+    doorkeeper_when_full: Optional[bool] = None  # ... only in steps whose requests do not all fit the budget
     weight_dtype: Optional[str] = None  # every chunk store's (rowprune, fiited, fiited_sid): "bfloat16" = more rows
     # run
     nproc: int = 1  # > 1: every method sharded under DistributedModelParallel on that many CPU processes
@@ -99,7 +100,8 @@ MOVIELENS = dict(methods="full,hash,rowprune,freqvocab,fiited", budgets="0.1,0.0
                  warmup_steps=20, resize_interval=10)
 MOVIELENS_QUICK = dict(steps=30, warmup_steps=10, resize_interval=5)
 GENERATOR_OPTIONS = ("latent_dim", "interaction_scale")
-FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init", "doorkeeper")
+FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init", "doorkeeper",
+                  "doorkeeper_when_full")
 ITEM_TABLE, SID_LEVELS = "t_cat_2", 3  # synthetic data: the feature with content embeddings, its code levels
 
 

@@ -235,6 +235,42 @@ def test_with_fallback_init_a_new_row_starts_from_the_fallback_row_it_read():
         assert not torch.equal(chunks, fallback) and not torch.equal(admitted, before)  # without: its hashed init
 
 
+def test_the_doorkeeper_when_full_admits_on_first_touch_while_every_request_fits():
+    # one wide table: a store of ~200 whole rows and a sketch wide enough that most untouched ids read 0 in it
+    table = [EmbeddingBagConfig(name="t0", embedding_dim=64, num_embeddings=100_000, feature_names=["f0"])]
+
+    def fresh_ids(m, n):  # ids neither stored nor on record in the sketch
+        ids = torch.arange(0, 100_000, 7)
+        keys = pack_row_key(torch.zeros_like(ids), ids)
+        fresh = ids[(m.store.lookup_rows(keys)[1][:, 0] < 0) & (m.store.sketch_estimate(keys) == 0)]
+        assert fresh.numel() >= n
+        return fresh[:n]
+
+    def first_access(m, ids):
+        kjt = KeyedJaggedTensor.from_lengths_sync(["f0"], ids, torch.tensor([ids.numel()], dtype=torch.int32))
+        stored = m.store.num_rows
+        (m(kjt).values() + 1).pow(2).sum().backward()
+        return m.store.num_rows - stored
+
+    def collection_of(**options):
+        return emb_opt.FiitedEmbeddingBagCollection(table, 60_000, chunk_size=64, learning_rate=0.1,
+                                                    warmup_steps=1000, **options)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        plain, always, when_full = (collection_of(), collection_of(doorkeeper=True),
+                                    collection_of(doorkeeper=True, doorkeeper_when_full=True))
+        room = plain.store.plan.max_rows
+        assert 100 < room < 400
+        crowd = fresh_ids(plain, 400)  # more first accesses than the store holds: they do not all fit
+        assert first_access(plain, crowd) > 100  # first touch fills the store
+        assert first_access(always, crowd) == 0
+        assert first_access(when_full, crowd) == 0  # the doorkeeper applies: the room waits for proven rows
+        one = fresh_ids(when_full, 1)
+        assert first_access(always, one) == 0
+        assert first_access(when_full, one) == 1  # every request fits: first touch admits
+
+
 def test_fallback_rows_that_leave_no_room_for_the_store_are_named():
     with pytest.raises(ValueError, match=r"fallback_rows=200 takes \d+ bytes \(200 rows per table\)"):
         collection(fallback_rows=200)
@@ -245,6 +281,8 @@ def test_fallback_rows_that_leave_no_room_for_the_store_are_named():
     (dict(fallback_rows=1.5), "fallback_rows must be an int"),
     (dict(doorkeeper=1), "doorkeeper must be a bool"),
     (dict(fallback_init=1), "fallback_init must be a bool"),
+    (dict(doorkeeper_when_full=True), "doorkeeper_when_full=True says when the doorkeeper applies: it needs "
+                                      "doorkeeper=True"),
     (dict(fallback_rows=0, fallback_init=True), "fallback_init=True starts new rows from their fallback rows: it "
                                                 "needs fallback_rows > 0"),
 ])
