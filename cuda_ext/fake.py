@@ -69,7 +69,8 @@ def chunk_bag_unique(values: torch.Tensor, offsets: torch.Tensor, feature_table:
 @torch.library.register_fake("emb_opt::chunk_bag_forward")
 def chunk_bag_forward(pool: torch.Tensor, slots: torch.Tensor, inverse: torch.Tensor, offsets: torch.Tensor,
                       weights: Optional[torch.Tensor], feature_table: torch.Tensor, table_chunks: torch.Tensor,
-                      feature_cols: torch.Tensor, batch_size: int, out_dim: int, pooling_mode: int) -> torch.Tensor:
+                      feature_cols: torch.Tensor, batch_size: int, out_dim: int, pooling_mode: int,
+                      pool_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     return pool.new_empty((batch_size, out_dim), dtype=torch.float32)
 
 
@@ -80,6 +81,7 @@ def chunk_bag_backward_update_(pool: torch.Tensor, optim_state: torch.Tensor, sl
                                offsets: torch.Tensor, weights: Optional[torch.Tensor], table_chunks: torch.Tensor,
                                feature_cols: torch.Tensor, batch_size: int, pooling_mode: int, optimizer: int,
                                lr: float, eps: float, utility_rule: int, need_weight_grad: bool,
-                               row_entries: Optional[torch.Tensor] = None, rounding_seed: int = 0) -> Tensors:
+                               row_entries: Optional[torch.Tensor] = None, rounding_seed: int = 0,
+                               pool_scale: Optional[torch.Tensor] = None) -> Tensors:
     weight_grads = unique_occ.numel() if need_weight_grad else 0
     return pool.new_empty((row_keys.numel(),), dtype=torch.float32), pool.new_empty((weight_grads,), dtype=torch.float32)

@@ -2,8 +2,8 @@
 
 The store keeps a row's live chunks as one contiguous run of pool slots and indexes *rows*, not chunks:
 
-* per chunk slot: the chunk (4c bytes; 2c with ``weight_dtype="bfloat16"``), its optimizer state (Adagrad: 4c
-  bytes) and its utility (4);
+* per chunk slot: the chunk (4c bytes; 2c with ``weight_dtype="bfloat16"``, c + a 4-byte scale with "int8"), its
+  optimizer state (Adagrad: 4c bytes) and its utility (4);
 * per stored row: its key (8), the first slot of its run (4), its live chunk count (1), row-wise Adagrad's
   accumulator (4) and its hash buckets (4 bytes each, 1/max_load_factor per row).
 
@@ -24,6 +24,7 @@ from typing import List, Sequence, Tuple, Union
 
 import torch
 
+from emb_opt.chunk_precision import SCALE_WIDTH
 from emb_opt.config import FiitedConfig, OptimizerType
 from emb_opt.hashed_init import MAX_COLUMNS
 from emb_opt.store_counters import NUM_COUNTERS
@@ -49,8 +50,9 @@ def full_table_bytes(rows: int, dim: int, optimizer: OptimizerType) -> int:
 def slot_bytes(config: FiitedConfig) -> int:
     """Bytes one chunk slot costs: the chunk (in ``weight_dtype``), its optimizer state, its utility."""
     c = config.chunk_size
-    weight_bytes = config.weight_torch_dtype.itemsize
-    return weight_bytes * c + FLOAT_BYTES * config.optimizer.state_width(c) + UTILITY_BYTES
+    dtype = config.weight_torch_dtype
+    weight_bytes = dtype.itemsize * c + FLOAT_BYTES * SCALE_WIDTH[dtype]
+    return weight_bytes + FLOAT_BYTES * config.optimizer.state_width(c) + UTILITY_BYTES
 
 
 def entry_bytes(config: FiitedConfig) -> int:

@@ -6,10 +6,15 @@ missing tail reads as zeros), stored as one contiguous run of slots of a dense p
 (``hash_buckets``, int32 entry ids, linear probing, bounded probe) maps the row key to the row's index entry,
 which says where the run starts and how long it is:
 
-    pool_weights [S, c] float32 / bfloat16 (weight_dtype)   the chunks              entry_keys   [R] int64  row key of each entry (-1 = none)
-    pool_state   [S, w] float32   per-chunk opt. state    entry_first  [R] int32  first slot of the row's run
-    slot_utility [S]    float32   decayed utility         entry_chunks [R] int8   live chunks k_r (0 = none)
-    hash_buckets [H]    int32     H = R / max_load_factor entry_state  [R, v] float32  per-row optimizer state
+    pool_weights [S, c] float32 / bfloat16 / int8   the chunks (``weight_dtype``)
+    pool_scale   [S, q] float32   int8 pools: each chunk's scale (q = 1; else q = 0; emb_opt.chunk_precision)
+    pool_state   [S, w] float32   per-chunk optimizer state
+    slot_utility [S]    float32   decayed utility
+    entry_keys   [R]    int64     row key of each entry (-1 = none)
+    entry_first  [R]    int32     first slot of the row's run
+    entry_chunks [R]    int8      live chunks k_r (0 = none)
+    entry_state  [R, v] float32   per-row optimizer state
+    hash_buckets [H]    int32     H = R / max_load_factor
     sketch       [2, M] float32   count-min sketch of utilities of rows that are *not* stored (emb_opt.utility_sketch)
     thresholds   [Cmax] float32   admission threshold per chunk position (set by each resize)
     counters     [N]    int64     emb_opt.store_counters
@@ -42,6 +47,7 @@ from cuda_ext import ops
 from cuda_ext.layout import key_chunk, key_row, key_table, pack_row_key, row_of_key
 from emb_opt import utility_sketch
 from emb_opt.budget import SKETCH_DEPTH, StorePlan, num_buckets_for
+from emb_opt.chunk_precision import SCALE_WIDTH, encode
 from emb_opt.config import FiitedConfig
 from emb_opt.hashed_init import hashed_values, name_salt
 from emb_opt.store_base import ChunkStoreBase
@@ -90,6 +96,7 @@ class VhpiChunkStore(ChunkStoreBase):
         self.register_buffer("init_scale", torch.tensor(init_scales, dtype=torch.float32, **kw))
         self.register_buffer("table_salt", torch.tensor([name_salt(n) for n in table_names], dtype=torch.int64, **kw))
         self.register_buffer("pool_weights", torch.zeros(slots, c, dtype=config.weight_torch_dtype, **kw))
+        self.register_buffer("pool_scale", torch.zeros(slots, SCALE_WIDTH[config.weight_torch_dtype], **kw))
         self.register_buffer("pool_state", torch.zeros(slots, config.optimizer.state_width(c), **kw))
         self.register_buffer("slot_utility", torch.zeros(slots, **kw))
         self.register_buffer("entry_keys", torch.full((rows,), -1, dtype=torch.int64, **kw))
@@ -149,7 +156,7 @@ class VhpiChunkStore(ChunkStoreBase):
             return sum(t.numel() * t.element_size() for t in tensors)
 
         return {
-            "weights": nbytes(self.pool_weights),
+            "weights": nbytes(self.pool_weights, self.pool_scale),
             "optimizer": nbytes(self.pool_state, self.entry_state),
             "index": nbytes(self.entry_keys, self.entry_first, self.entry_chunks, self.hash_buckets),
             "utility": nbytes(self.slot_utility, self.sketch),
@@ -161,6 +168,12 @@ class VhpiChunkStore(ChunkStoreBase):
         return sum(self.allocated_bytes().values())
 
     # ---- lookup -----------------------------------------------------------------------------------------
+    def write_chunks(self, slots: torch.Tensor, values: torch.Tensor) -> None:
+        """Store float ``values`` [n, c] as the chunks at ``slots`` [n] (encoded, round to nearest)."""
+        weights, scales = encode(values, self.pool_weights.dtype)
+        self.pool_weights[slots] = weights
+        self.pool_scale[slots] = scales
+
     def chunks_of(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Chunks per row (C_t of each row's table), int32 [U]."""
         return self.table_chunks[key_table(row_keys)]
@@ -233,6 +246,7 @@ class VhpiChunkStore(ChunkStoreBase):
         used_slots, used_rows = self.used()
         slots, rows = max(slots, used_slots), max(rows, used_rows)
         self.pool_weights = resized(self.pool_weights, slots, 0)
+        self.pool_scale = resized(self.pool_scale, slots, 0)
         self.pool_state = resized(self.pool_state, slots, 0)
         self.slot_utility = resized(self.slot_utility, slots, 0)
         if rows != self.row_capacity:
@@ -278,7 +292,7 @@ class VhpiChunkStore(ChunkStoreBase):
         first_slot = self.counter(StoreCounter.HIGH_WATER)
         self._add_entries(row_keys, first_slot + torch.cumsum(counts, 0) - counts, counts)
         run = slice(first_slot, first_slot + total)
-        self.pool_weights[run] = weights.to(self.pool_weights.dtype)
+        self.write_chunks(torch.arange(first_slot, first_slot + total, device=weights.device), weights)
         self.pool_state[run] = 0
         self.slot_utility[run] = utility
         self.counters[StoreCounter.HIGH_WATER] = first_slot + total
@@ -313,7 +327,7 @@ class VhpiChunkStore(ChunkStoreBase):
             within = position < have[moving].unsqueeze(1)
             source = old_slots[moving][within].to(torch.int64)
             target = (first[moving].unsqueeze(1) + position)[within]
-            for pool in (self.pool_weights, self.pool_state, self.slot_utility):
+            for pool in (self.pool_weights, self.pool_scale, self.pool_state, self.slot_utility):
                 pool[target] = pool[source]
                 pool[source] = 0
             moved = self.find_entries(row_keys[moving])
@@ -331,7 +345,7 @@ class VhpiChunkStore(ChunkStoreBase):
         if start is not None:
             fresh = (have[owner] == 0).nonzero().reshape(-1)
             values[fresh] = start(row_keys[owner[fresh]] + chunk[fresh]).to(values.dtype)
-        self.pool_weights[new_slots] = values.to(self.pool_weights.dtype)
+        self.write_chunks(new_slots, values)
         self.pool_state[new_slots] = 0
         self.slot_utility[new_slots] = utility[owner]
         self.count(StoreCounter.HIGH_WATER, int(length.sum()))
@@ -368,11 +382,14 @@ class VhpiChunkStore(ChunkStoreBase):
         roomy = (max(start[0], n + math.ceil(n * reserve)), max(start[1], r + math.ceil(r * reserve)))
         capacity, row_capacity = self.plan.fit((max(n, 1), max(r, 1)), roomy)
         dev = self.pool_weights.device
-        weights = torch.zeros(capacity, self.pool_weights.shape[1], dtype=self.pool_weights.dtype, device=dev)
-        state = torch.zeros(capacity, self.pool_state.shape[1], device=dev)
-        utility = torch.zeros(capacity, device=dev)
-        weights[:n], state[:n], utility[:n] = self.pool_weights[slots], self.pool_state[slots], self.slot_utility[slots]
-        self.pool_weights, self.pool_state, self.slot_utility = weights, state, utility
+
+        def compacted(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros((capacity,) + tuple(t.shape[1:]))
+            out[:n] = t[slots]
+            return out
+
+        self.pool_weights, self.pool_scale = compacted(self.pool_weights), compacted(self.pool_scale)
+        self.pool_state, self.slot_utility = compacted(self.pool_state), compacted(self.slot_utility)
         self.entry_keys = torch.full((row_capacity,), -1, dtype=torch.int64, device=dev)
         self.entry_first = torch.zeros(row_capacity, dtype=torch.int32, device=dev)
         self.entry_chunks = torch.zeros(row_capacity, dtype=torch.int8, device=dev)

@@ -46,12 +46,13 @@ Every knob the design exposes is here with the reason for its default:
   chunks grow as before. Off: rows are admitted on first touch while the budget allows. ``doorkeeper_when_full``
   applies it only in steps whose requests do not all fit the budget: while the store has room, first touch
   admits (a one-off row then costs nothing that another row wanted, and a resize prunes it).
-* ``weight_dtype``: how the pool stores chunk weights -- "float32" (default) or "bfloat16" (CPU only so far).
-  bfloat16 halves a chunk's weight bytes, so at equal bytes the store holds more rows and chunks (at D = 32,
-  c = 16 with row-wise Adagrad, a whole row costs 97 bytes instead of 161); the fused optimizer computes in
-  float32 and stores each updated weight rounded stochastically (unbiased: an update below half a bfloat16 step
-  moves the weight in expectation), as FBGEMM trains fp16 tables. Optimizer state, utilities, the sketch and
-  the output stay float32. bfloat16 keeps float32's exponent range, so no loss scaling is needed.
+* ``weight_dtype``: how the pool stores chunk weights -- "float32" (default), "bfloat16" or "int8" (the last two
+  on the CPU only so far). bfloat16 halves a chunk's weight bytes and int8 quarters them (plus a float32 scale per
+  chunk), so at equal bytes the store holds more rows and chunks (D = 64, c = 16, row-wise Adagrad: a whole row
+  costs 297 bytes in float32, 169 in bfloat16, 121 in int8; 105 in int8 at c = 32); the fused optimizer computes
+  in float32 and stores each updated weight rounded stochastically (unbiased: an update below half a step of the
+  stored type moves the weight in expectation), as FBGEMM trains fp16 tables; an int8 chunk's scale is
+  ``max |w| / 127`` after each update. Optimizer state, utilities, the sketch and the output stay float32.
 * ``nonfinite``: what a training step does when its output gradient or per-sample weights hold NaN or inf --
   "skip" (default): no non-finite value reaches chunks, optimizer state, utilities or the sketch (non-finite
   weights skip the step; a non-finite gradient skips each row it reaches, so a NaN loss skips the whole step,
@@ -104,7 +105,8 @@ class UtilityRule(str, Enum):
     FREQ_GRAD = "freq_grad"
 
 
-WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # FiitedConfig.weight_dtype -> pool dtype
+# FiitedConfig.weight_dtype -> pool dtype (int8: with a float32 scale per chunk, emb_opt.chunk_precision)
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 MAX_INIT_SEED = 1 << 40  # the hashed init mixes the seed into 64-bit keys (emb_opt.hashed_init)
 
@@ -159,7 +161,7 @@ class FiitedConfig:
     fallback_init: bool = False  # a newly admitted row starts from its fallback row's values
     doorkeeper: bool = False  # admit a row without chunks only from its second access
     doorkeeper_when_full: bool = False  # ... and only in steps whose requests do not all fit the budget
-    weight_dtype: str = "float32"  # chunk weights in the pool: "float32" or "bfloat16" (stochastic rounding)
+    weight_dtype: str = "float32"  # chunk weights in the pool: "float32", "bfloat16" or "int8" (stochastic rounding)
     nonfinite: str = "skip"  # a step whose output gradient or per-sample weights hold NaN / inf: "skip" or "raise"
 
     @property

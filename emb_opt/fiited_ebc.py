@@ -295,7 +295,7 @@ class FiitedEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         slots, keys = self.store.live_keys()
         mine = key_table(keys) == t
         cols = (key_chunk(keys[mine]) * c).unsqueeze(1) + torch.arange(c, device=self._device)
-        dense[key_row(keys[mine]).unsqueeze(1), cols] = self.store.pool_weights[slots[mine]].to(dense.dtype)
+        dense[key_row(keys[mine]).unsqueeze(1), cols] = self.store.chunk_values(slots[mine])
         return dense
 
     def set_learning_rate(self, learning_rate: float) -> None:

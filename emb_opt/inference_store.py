@@ -4,7 +4,9 @@
 the same layout, so ``emb_opt.store_step`` (``plan_batch``, ``forward`` outside training, ``pool``) runs on it
 unchanged and pools the same chunks with the same kernels -- bit for bit the trained store's eval output:
 
-    pool_weights [S, c] float32 / bfloat16 (the trained store's)   the live chunks, rows in key order, each row's run contiguous (S = live chunks)
+    pool_weights [S, c]           the live chunks (the trained store's dtype), rows in key order, each row's run
+                                  contiguous (S = live chunks)
+    pool_scale   [S, q] float32   int8 pools: each chunk's scale (q = 1; else q = 0)
     entry_keys   [R] int64        row key of each stored row, ascending (R = stored rows; with none stored, one
                                   empty entry: key -1, no chunks)
     entry_first  [R] int32        first slot of the row's run
@@ -41,10 +43,10 @@ from emb_opt.store_step import FeatureLayout
 
 INFERENCE_KIND = "fiited_inference"
 INFERENCE_LAYOUT_VERSION = 1
-INFERENCE_STATE = ("pool_weights", "entry_keys", "entry_first", "entry_chunks", "hash_buckets")
+INFERENCE_STATE = ("pool_weights", "pool_scale", "entry_keys", "entry_first", "entry_chunks", "hash_buckets")
 TABLE_STATE = ("table_rows", "table_chunks")
-_DTYPES = {"pool_weights": torch.float32, "entry_keys": torch.int64, "entry_first": torch.int32,
-           "entry_chunks": torch.int8, "hash_buckets": torch.int32}  # fmt: skip
+_DTYPES = {"pool_weights": torch.float32, "pool_scale": torch.float32, "entry_keys": torch.int64,
+           "entry_first": torch.int32, "entry_chunks": torch.int8, "hash_buckets": torch.int32}  # fmt: skip
 # buffers only a training store has: a checkpoint holding any of them is a training checkpoint
 _TRAINING_ONLY = tuple(n for n in STORE_STATE if n not in INFERENCE_STATE)
 
@@ -76,9 +78,10 @@ class InferenceChunkStore(ChunkStoreBase):
         with torch.no_grad():
             _, keys, counts = store.live_rows()
             slots, _ = store.live_keys()  # sorted by key: rows in key order, each row's chunks in order
-            weights = store.pool_weights[slots]
+            weights, scales = store.pool_weights[slots], store.pool_scale[slots]
         device = store.pool_weights.device
         self.register_buffer("pool_weights", weights.clone())
+        self.register_buffer("pool_scale", scales.clone())
         self.register_buffer("entry_keys", torch.zeros(0, dtype=torch.int64, device=device))
         self.register_buffer("entry_first", torch.zeros(0, dtype=torch.int32, device=device))
         self.register_buffer("entry_chunks", torch.zeros(0, dtype=torch.int8, device=device))
@@ -110,16 +113,17 @@ class InferenceChunkStore(ChunkStoreBase):
         """``store_step``'s pooled lookup ``[B, out_dim]`` of a batch as one custom op (``pooled_op``): what
         ``torch.export`` records (no per-sample weight gradient)."""
         names = json.dumps([list(layout.feature_names), self.table_names])
-        return pooled_op(values, offsets, weights, self.pool_weights, self.entry_keys, self.entry_first,
-                         self.entry_chunks, self.hash_buckets, self.table_rows, self.table_chunks, layout.feature_table,
-                         layout.feature_cols, batch_size, layout.out_dim, layout.pooling_mode, self.max_probe, names)
+        return pooled_op(values, offsets, weights, self.pool_weights, self.pool_scale, self.entry_keys,
+                         self.entry_first, self.entry_chunks, self.hash_buckets, self.table_rows, self.table_chunks,
+                         layout.feature_table, layout.feature_cols, batch_size, layout.out_dim, layout.pooling_mode,
+                         self.max_probe, names)
 
     def allocated_bytes(self) -> Dict[str, int]:
         """Bytes by category, as ``VhpiChunkStore.allocated_bytes`` names them (no optimizer state, no utility)."""
         def nbytes(*tensors: torch.Tensor) -> int:
             return sum(t.numel() * t.element_size() for t in tensors)
 
-        return {"weights": nbytes(self.pool_weights), "optimizer": 0,
+        return {"weights": nbytes(self.pool_weights, self.pool_scale), "optimizer": 0,
                 "index": nbytes(self.entry_keys, self.entry_first, self.entry_chunks, self.hash_buckets),
                 "utility": 0, "metadata": nbytes(self.table_rows, self.table_chunks)}
 
@@ -182,13 +186,17 @@ class InferenceChunkStore(ChunkStoreBase):
                     for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != dtypes[n]]
         if problems:
             return problems
-        problems = [f"{prefix}{n}: expected {2 if n == 'pool_weights' else 1} dimensions, got shape {tuple(t.shape)}"
-                    for n, t in b.items() if t.dim() != (2 if n == "pool_weights" else 1)]
+        two_dimensional = ("pool_weights", "pool_scale")
+        problems = [f"{prefix}{n}: expected {2 if n in two_dimensional else 1} dimensions, got shape {tuple(t.shape)}"
+                    for n, t in b.items() if t.dim() != (2 if n in two_dimensional else 1)]
         if problems:
             return problems
         if b["pool_weights"].shape[1] != self.chunk_size:
             problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(b['pool_weights'].shape)[1:]} "
                             f"do not match this module's chunk_size {self.chunk_size}")
+        if b["pool_scale"].shape[1] != self.pool_scale.shape[1]:
+            problems.append(f"{prefix}pool_scale: expected {self.pool_scale.shape[1]} column(s) (one scale per chunk of "
+                            f"an int8 pool, none otherwise), got shape {tuple(b['pool_scale'].shape)}")
         sizes = {n: int(b[n].numel()) for n in ("entry_keys", "entry_first", "entry_chunks")}
         if len(set(sizes.values())) > 1 or sizes["entry_keys"] < 1:
             problems.append(f"{prefix}entry_keys: the checkpoint's {', '.join(f'{n} ({k})' for n, k in sizes.items())} "
@@ -211,14 +219,18 @@ class InferenceChunkStore(ChunkStoreBase):
                         b["entry_first"], "the runs must lie end to end from slot 0 in entry order")
         check.that("pool_weights", int(chunks.sum()) == b["pool_weights"].shape[0],
                    f"{b['pool_weights'].shape[0]} slots, but the entries hold {int(chunks.sum())} chunks")
+        check.that("pool_scale", b["pool_scale"].shape[0] == b["pool_weights"].shape[0],
+                   f"{b['pool_scale'].shape[0]} rows, but the pool holds {b['pool_weights'].shape[0]} slots")
         if check.problems:
             return check.problems
         index_problems(check, b, self.table_rows, self.table_chunks, b["pool_weights"].shape[0], keys.numel(),
                        self.max_chunks, self.max_probe)
         if check.problems:
             return check.problems
-        weights = b["pool_weights"].reshape(-1)
-        check.first_bad("pool_weights", ~torch.isfinite(weights), weights, "must be finite")
+        weights, scales = b["pool_weights"].reshape(-1), b["pool_scale"].reshape(-1)
+        if weights.is_floating_point():  # an int8 pool's weights are integers
+            check.first_bad("pool_weights", ~torch.isfinite(weights), weights, "must be finite")
+        check.first_bad("pool_scale", ~torch.isfinite(scales) | (scales < 0), scales, "must be finite and >= 0")
         return check.problems
 
 
@@ -231,18 +243,19 @@ class _StoreView:
         self.max_chunks = int(self.table_chunks.max())
 
     lookup_rows = InferenceChunkStore.lookup_rows
+    scale_argument = InferenceChunkStore.scale_argument
 
 
 @torch.library.custom_op("emb_opt_inference::pooled", mutates_args=())
 def pooled_op(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[torch.Tensor], pool_weights: torch.Tensor,
-              entry_keys: torch.Tensor, entry_first: torch.Tensor, entry_chunks: torch.Tensor,
+              pool_scale: torch.Tensor, entry_keys: torch.Tensor, entry_first: torch.Tensor, entry_chunks: torch.Tensor,
               hash_buckets: torch.Tensor, table_rows: torch.Tensor, table_chunks: torch.Tensor,
               feature_table: torch.Tensor, feature_cols: torch.Tensor, batch_size: int, out_dim: int,
               pooling_mode: int, max_probe: int, names: str) -> torch.Tensor:
     """The pooled lookup of an inference store (``store_step.plan_batch`` and ``pool``): float32 ``[batch_size,
     out_dim]``; ``names`` is the JSON ``[feature names, table names]`` its error messages use."""
     feature_names, table_names = json.loads(names)
-    buffers = dict(pool_weights=pool_weights, entry_keys=entry_keys, entry_first=entry_first,
+    buffers = dict(pool_weights=pool_weights, pool_scale=pool_scale, entry_keys=entry_keys, entry_first=entry_first,
                    entry_chunks=entry_chunks, hash_buckets=hash_buckets, table_rows=table_rows,
                    table_chunks=table_chunks)
     store = _StoreView(buffers, table_names, max_probe)
@@ -252,7 +265,7 @@ def pooled_op(values: torch.Tensor, offsets: torch.Tensor, weights: Optional[tor
 
 
 @pooled_op.register_fake
-def _pooled_fake(values, offsets, weights, pool_weights, entry_keys, entry_first, entry_chunks, hash_buckets,
-                 table_rows, table_chunks, feature_table, feature_cols, batch_size, out_dim, pooling_mode, max_probe,
-                 names):
-    return pool_weights.new_empty(batch_size, out_dim)
+def _pooled_fake(values, offsets, weights, pool_weights, pool_scale, entry_keys, entry_first, entry_chunks,
+                 hash_buckets, table_rows, table_chunks, feature_table, feature_cols, batch_size, out_dim, pooling_mode,
+                 max_probe, names):
+    return pool_weights.new_empty(batch_size, out_dim, dtype=torch.float32)

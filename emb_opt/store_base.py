@@ -3,17 +3,18 @@ the row index's lookup and sizes, buffers that keep their dtypes under dtype cas
 that validate first."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from cuda_ext import ops
+from emb_opt.chunk_precision import decode, scale_argument
 
 
 class ChunkStoreBase(nn.Module):
     """Base of the chunk stores. Subclasses hold the row index (``hash_buckets``, ``entry_keys``, ``entry_first``,
-    ``entry_chunks``) and the pool (``pool_weights``), set ``max_chunks`` and ``max_probe``, keep
+    ``entry_chunks``) and the pool (``pool_weights``, ``pool_scale``: ``emb_opt.chunk_precision``), set ``max_chunks`` and ``max_probe``, keep
     ``pending_backward`` (forwards whose backward still reads the store) and define ``checkpoint_problems(state_dict,
     prefix) -> List[str]`` (empty when the checkpoint can load).
 
@@ -36,6 +37,15 @@ class ChunkStoreBase(nn.Module):
         one kernel (``vhpi_lookup_runs``)."""
         return ops.vhpi_lookup_runs(self.hash_buckets, self.entry_keys, self.entry_first, self.entry_chunks, row_keys,
                                     self.max_chunks, self.max_probe)
+
+    def chunk_values(self, slots: torch.Tensor) -> torch.Tensor:
+        """float32 ``[n, c]`` weights of the chunks at ``slots`` [n] (decoded from the pool's dtype)."""
+        return decode(self.pool_weights[slots], self.pool_scale[slots])
+
+    @property
+    def scale_argument(self) -> Optional[torch.Tensor]:
+        """The ``pool_scale`` the chunk-bag ops take: an int8 pool's scales, else None."""
+        return scale_argument(self.pool_scale)
 
     @property
     def num_live(self) -> int:

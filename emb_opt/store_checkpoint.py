@@ -29,10 +29,10 @@ from emb_opt.store_counters import NUM_COUNTERS, StoreCounter
 # module imports this one)
 
 LAYOUT_VERSION = 1
-SLOT_ARRAYS = ("pool_weights", "pool_state", "slot_utility")
+SLOT_ARRAYS = ("pool_weights", "pool_scale", "pool_state", "slot_utility")
 ENTRY_ARRAYS = ("entry_keys", "entry_first", "entry_chunks", "entry_state")
 STORE_STATE = SLOT_ARRAYS + ENTRY_ARRAYS + ("hash_buckets", "sketch", "thresholds", "counters")
-_DTYPES = {"pool_weights": torch.float32, "pool_state": torch.float32, "slot_utility": torch.float32,
+_DTYPES = {"pool_weights": torch.float32, "pool_scale": torch.float32, "pool_state": torch.float32, "slot_utility": torch.float32,
            "entry_keys": torch.int64, "entry_first": torch.int32, "entry_chunks": torch.int8,
            "entry_state": torch.float32, "hash_buckets": torch.int32, "sketch": torch.float32,
            "thresholds": torch.float32, "counters": torch.int64}  # fmt: skip
@@ -99,7 +99,7 @@ def _shape_problems(store: Any, b: Dict[str, Any], prefix: str) -> List[str]:
                 for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != dtypes[n]]
     if problems:
         return problems
-    expected_dims = {"pool_weights": 2, "pool_state": 2, "entry_state": 2, "sketch": 2}
+    expected_dims = {"pool_weights": 2, "pool_scale": 2, "pool_state": 2, "entry_state": 2, "sketch": 2}
     problems = [f"{prefix}{n}: expected {expected_dims.get(n, 1)} dimensions, got shape {tuple(t.shape)}"
                 for n, t in b.items() if t.dim() != expected_dims.get(n, 1)]
     if problems:
@@ -113,6 +113,9 @@ def _shape_problems(store: Any, b: Dict[str, Any], prefix: str) -> List[str]:
     if b["pool_weights"].shape[1] != c:
         problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(b['pool_weights'].shape)[1:]} do not "
                         f"match this module's chunk_size {c}")
+    if b["pool_scale"].shape[1] != store.pool_scale.shape[1]:
+        problems.append(f"{prefix}pool_scale: the checkpoint keeps {int(b['pool_scale'].shape[1])} scale(s) per chunk, "
+                        f"this module's {store.config.weight_dtype} pool {store.pool_scale.shape[1]}; it is damaged")
     found = (int(b["pool_state"].shape[1]), int(b["entry_state"].shape[1]))
     if found != (optimizer.state_width(c), optimizer.row_state_width):
         problems.append(f"{prefix}pool_state: the checkpoint's optimizer state ({_state_layout(*found)}) does not "
@@ -159,10 +162,11 @@ def _content_problems(store: Any, b: Dict[str, torch.Tensor], prefix: str) -> Li
                    store.config.max_probe)
     if check.problems:
         return check.problems
-    for name in ("pool_weights", "pool_state", "slot_utility", "entry_state", "sketch"):
+    for name in ("pool_weights", "pool_scale", "pool_state", "slot_utility", "entry_state", "sketch"):
         t = b[name].reshape(-1)
-        check.first_bad(name, ~torch.isfinite(t), t, "must be finite")
-    for name in ("pool_state", "slot_utility", "entry_state", "sketch", "thresholds"):
+        if t.is_floating_point():  # an int8 pool's weights are integers
+            check.first_bad(name, ~torch.isfinite(t), t, "must be finite")
+    for name in ("pool_scale", "pool_state", "slot_utility", "entry_state", "sketch", "thresholds"):
         t = b[name].reshape(-1)
         check.first_bad(name, torch.isnan(t) | (t < 0), t, "must be >= 0")
     return check.problems

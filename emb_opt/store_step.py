@@ -175,6 +175,7 @@ def pool(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPlan) -> torch
     return ops.chunk_bag_forward(
         store.pool_weights, plan.slots, plan.inverse, plan.offsets, plan.weights, layout.feature_table,
         store.table_chunks, layout.feature_cols, plan.batch_size, layout.out_dim, layout.pooling_mode,
+        store.scale_argument,
     )
 
 
@@ -200,7 +201,7 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
         plan.unique_offsets, plan.unique_occ, plan.occ_bag, plan.offsets, plan.weights, store.table_chunks,
         layout.feature_cols, plan.batch_size, layout.pooling_mode, OPTIMIZER_CODES[config.optimizer.value],
         config.learning_rate, config.eps, UTILITY_CODES[config.utility.value], need_weight_grad, plan.entries,
-        rounding_seed(store),
+        rounding_seed(store), store.scale_argument,
     )
     wanting = (plan.slots >= 0).sum(1) < store.chunks_of(plan.row_keys)
     if plan.truncated is not None:  # a row cut by prefix dropout is not missing those chunks
@@ -248,12 +249,12 @@ def occurrence_weight_grad(store: VhpiChunkStore, layout: FeatureLayout, plan: B
     """Gradient of the pooled output with respect to each occurrence's weight, float32 [nnz], with nothing
     trained: the dot product of the occurrence's row (its live chunks; pruned ones are zeros) with the output
     gradient of its bag's columns (divided by the bag length under mean pooling). grad_out [B, out_dim]."""
-    pool_weights = store.pool_weights
-    device, c, max_chunks = pool_weights.device, pool_weights.shape[1], plan.slots.shape[1]
+    device, c, max_chunks = store.pool_weights.device, store.pool_weights.shape[1], plan.slots.shape[1]
     lengths = plan.offsets[1:] - plan.offsets[:-1]
     bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=device), lengths)  # [nnz]
     row_slots = plan.slots[plan.inverse.to(torch.int64)].to(torch.int64)  # [nnz, Cmax]
-    rows = (pool_weights[row_slots.clamp(min=0)].float() * (row_slots >= 0).unsqueeze(-1)).reshape(bag.numel(), max_chunks * c)
+    rows = store.chunk_values(row_slots.clamp(min=0).reshape(-1)).reshape(bag.numel(), max_chunks, c)
+    rows = (rows * (row_slots >= 0).unsqueeze(-1)).reshape(bag.numel(), max_chunks * c)
     cols = layout.feature_cols[bag // plan.batch_size].unsqueeze(1) + torch.arange(max_chunks * c, device=device)
     grads = grad_out.to(torch.float32)[(bag % plan.batch_size).unsqueeze(1), cols.clamp(max=grad_out.shape[1] - 1)]
     weight_grad = (grads * rows).sum(1)  # columns past a row's table read zero chunks: they add nothing

@@ -79,6 +79,7 @@ class Config:
     warmup_steps: int = 60
     resize_interval: int = 30
     utility: Optional[str] = None  # "freq_grad" or "freq"
+    utility_decay: Optional[float] = None  # utilities x this at every resize (an EMA over intervals)
     position_exponent: Optional[float] = None
     prefix_dropout: Optional[float] = None
     fallback_rows: Optional[int] = None  # shared rows per table for ids without chunks (emb_opt.fallback_rows)
@@ -100,7 +101,7 @@ MOVIELENS = dict(methods="full,hash,rowprune,freqvocab,fiited", budgets="0.1,0.0
                  warmup_steps=20, resize_interval=10)
 MOVIELENS_QUICK = dict(steps=30, warmup_steps=10, resize_interval=5)
 GENERATOR_OPTIONS = ("latent_dim", "interaction_scale")
-FIITED_OPTIONS = ("utility", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init", "doorkeeper",
+FIITED_OPTIONS = ("utility", "utility_decay", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init", "doorkeeper",
                   "doorkeeper_when_full")
 ITEM_TABLE, SID_LEVELS = "t_cat_2", 3  # synthetic data: the feature with content embeddings, its code levels
 

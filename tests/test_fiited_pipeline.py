@@ -157,7 +157,8 @@ def test_export_inference_outputs_equal_the_trained_model_in_eval(kind, weighted
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in before.items())
     # only what a lookup reads: the live chunks (trimmed to them), the row index, table metadata
     assert set(inference.state_dict()) == {"_extra_state", "store._extra_state", "store.table_rows",
-                                           "store.table_chunks", "store.pool_weights", "store.entry_keys",
+                                           "store.table_chunks", "store.pool_weights", "store.pool_scale",
+                                           "store.entry_keys",
                                            "store.entry_first", "store.entry_chunks", "store.hash_buckets"}
     assert inference.store.pool_weights.shape[0] == inference.store.num_live == trained.store.num_live
     model.eval()

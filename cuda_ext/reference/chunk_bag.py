@@ -12,7 +12,7 @@ import torch
 
 from cuda_ext.layout import OPTIMIZER_CODES, POOLING_CODES, UTILITY_CODES, key_table, pack_row_key
 from cuda_ext.reference.chunk_bag_checks import check_backward_args, check_forward_args, check_unique_args
-from cuda_ext.reference.stochastic_round import rounding_random, to_bfloat16_stochastic
+from cuda_ext.reference import pool_codec
 
 SGD, ADAGRAD = OPTIMIZER_CODES["sgd"], OPTIMIZER_CODES["adagrad"]
 UTILITY_FREQ, UTILITY_GRAD = UTILITY_CODES["freq"], UTILITY_CODES["grad"]
@@ -85,15 +85,17 @@ def chunk_bag_forward(
     batch_size: int,
     out_dim: int,
     pooling_mode: int,
+    pool_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     check_forward_args(pool, slots, inverse, offsets, weights, feature_table, table_chunks, feature_cols, batch_size,
-                       out_dim, pooling_mode)
+                       out_dim, pooling_mode, pool_scale)
     c = pool.shape[1]
     max_chunks = slots.shape[1]
     nnz = int(offsets[-1])
     occ_bag = _bag_of_occurrence(offsets.to(torch.int64))
     row_slots = slots[inverse[:nnz].to(torch.int64)].to(torch.int64)  # [nnz, Cmax]
-    emb = pool[row_slots.clamp(min=0)].float() * (row_slots >= 0).unsqueeze(-1)  # [nnz, Cmax, c]
+    flat = row_slots.clamp(min=0).reshape(-1)
+    emb = pool_codec.load(pool, pool_scale, flat).reshape(nnz, max_chunks, c) * (row_slots >= 0).unsqueeze(-1)
     scale = _occurrence_scale(offsets.to(torch.int64), occ_bag, weights, pooling_mode, nnz)
     contrib = (emb * scale.view(-1, 1, 1)).reshape(nnz, max_chunks * c)
     features, samples, cols = _feature_columns(occ_bag, batch_size, feature_cols, c, max_chunks)
@@ -128,10 +130,11 @@ def chunk_bag_backward_update_(
     need_weight_grad: bool,
     row_entries: Optional[torch.Tensor] = None,
     rounding_seed: int = 0,
+    pool_scale: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     check_backward_args(pool, optim_state, slot_utility, grad_out, slots, row_keys, unique_offsets, unique_occ, occ_bag,
                         offsets, weights, table_chunks, feature_cols, batch_size, pooling_mode, optimizer, utility_rule,
-                        row_entries)
+                        row_entries, pool_scale)
     c = pool.shape[1]
     num_unique, max_chunks = slots.shape
     nnz = unique_occ.numel()
@@ -150,7 +153,8 @@ def chunk_bag_backward_update_(
     if need_weight_grad:
         row_slots = slots[owner].to(torch.int64)
         mask = torch.arange(max_chunks).unsqueeze(0) < live[owner].unsqueeze(1)
-        emb = pool[row_slots.clamp(min=0)].float() * mask.unsqueeze(-1)
+        emb = pool_codec.load(pool, pool_scale, row_slots.clamp(min=0).reshape(-1)).reshape(nnz, max_chunks, c)
+        emb = emb * mask.unsqueeze(-1)
         weight_grad = (g_rows * emb).sum((1, 2))
         if pooling_mode == MEAN:
             weight_grad = weight_grad / (offsets[1:] - offsets[:-1]).float()[occ_bag64]
@@ -187,11 +191,7 @@ def chunk_bag_backward_update_(
         mult = torch.zeros(num_unique)
         mult[rows] = lr / (optim_state[entry, 0].sqrt() + eps)
         step = mult[u_idx].unsqueeze(1) * g
-    updated = pool[s].float() - step
-    if pool.dtype == torch.bfloat16:  # stored rounded stochastically (cuda_ext.reference.stochastic_round)
-        pool[s] = to_bfloat16_stochastic(updated, rounding_random(rounding_seed, s, c))
-    else:
-        pool[s] = updated
+    pool_codec.store(pool, pool_scale, s, pool_codec.load(pool, pool_scale, s) - step, rounding_seed)
     has_next = (live < chunks) & finite
     candidate = torch.zeros(num_unique)
     rows = has_next.nonzero().reshape(-1)

@@ -62,17 +62,26 @@ def check_unique_args(values, offsets, feature_table, table_rows, batch_size: in
     return int(offsets[-1])
 
 
-def _pool_dtype(op: str, pool: torch.Tensor) -> None:
-    """A chunk pool is float32 or bfloat16 (bfloat16 on the CPU only, as the kernels)."""
-    _dtype(op, "pool", pool, torch.float32, torch.bfloat16)
+def check_pool(op: str, pool: torch.Tensor, pool_scale) -> None:
+    """A chunk pool is float32, bfloat16 or int8 (the last two on the CPU only, as the kernels); an int8 pool comes
+    with ``pool_scale`` float32 [S, 1], contiguous, the others without one."""
+    _dtype(op, "pool", pool, torch.float32, torch.bfloat16, torch.int8)
     _expect(pool.dtype == torch.float32 or not pool.is_cuda,
-            f"{op}: pool is BFloat16 on {pool.device}: bfloat16 chunk pools (FiitedConfig.weight_dtype) train on the "
-            "CPU only so far; use float32 on CUDA")
+            f"{op}: pool is {pool.dtype} on {pool.device}: bfloat16 and int8 chunk pools (FiitedConfig.weight_dtype) "
+            "train on the CPU only so far; use float32 on CUDA")
+    if pool.dtype != torch.int8:
+        _expect(pool_scale is None or pool_scale.numel() == 0, f"{op}: pool_scale is for int8 pools; this pool is "
+                f"{pool.dtype}")
+        return
+    _expect(pool_scale is not None, f"{op}: an int8 pool needs pool_scale (float32 [S, 1], one scale per slot)")
+    _dtype(op, "pool_scale", pool_scale, torch.float32)
+    _expect(pool_scale.dim() == 2 and tuple(pool_scale.shape) == (pool.shape[0], 1) and pool_scale.is_contiguous(),
+            f"{op}: pool_scale must be contiguous [S, 1] = [{pool.shape[0]}, 1], got {list(pool_scale.shape)}")
 
 
 def check_forward_args(pool, slots, inverse, offsets, weights, feature_table, table_chunks, feature_cols,
-                       batch_size: int, out_dim: int, pooling_mode: int) -> None:
-    _pool_dtype(FORWARD, pool)
+                       batch_size: int, out_dim: int, pooling_mode: int, pool_scale=None) -> None:
+    check_pool(FORWARD, pool, pool_scale)
     _dtype(FORWARD, "slots", slots, torch.int32)
     _dtype(FORWARD, "inverse", inverse, torch.int32)
     _dtype(FORWARD, "feature_table", feature_table, torch.int32)
@@ -107,7 +116,6 @@ def check_forward_args(pool, slots, inverse, offsets, weights, feature_table, ta
 
 
 def _check_updated_tensors(pool, optim_state, slot_utility, optimizer: int, row_entries, num_unique: int) -> None:
-    _pool_dtype(BACKWARD, pool)
     for name, t in (("optim_state", optim_state), ("slot_utility", slot_utility)):
         _dtype(BACKWARD, name, t, torch.float32)
     _expect(pool.is_contiguous() and optim_state.is_contiguous() and slot_utility.is_contiguous(),
@@ -162,8 +170,9 @@ def _check_backward_rows(grad_out, slots, row_keys, unique_offsets, unique_occ, 
 
 def check_backward_args(pool, optim_state, slot_utility, grad_out, slots, row_keys, unique_offsets, unique_occ,
                         occ_bag, offsets, weights, table_chunks, feature_cols, batch_size: int, pooling_mode: int,
-                        optimizer: int, utility_rule: int, row_entries) -> None:
+                        optimizer: int, utility_rule: int, row_entries, pool_scale=None) -> None:
     num_unique, nnz, num_features = row_keys.numel(), unique_occ.numel(), feature_cols.numel()
+    check_pool(BACKWARD, pool, pool_scale)
     _check_updated_tensors(pool, optim_state, slot_utility, optimizer, row_entries, num_unique)
     _expect(utility_rule in UTILITY_CODES.values(), f"{BACKWARD}: unknown utility rule {utility_rule}")
     _expect(pooling_mode in POOLING_CODES.values(), f"{BACKWARD}: pooling_mode must be 0 (sum) or 1 (mean), got "

@@ -14,7 +14,7 @@ from emb_opt.config import OptimizerType, parse_optimizer
 from emb_opt.report.rows import SHARED, TOTAL, format_histogram, make_row, nbytes, sum_rows
 
 # VhpiChunkStore buffers by ``allocated_bytes`` category; any other buffer of the store counts as metadata
-_CATEGORY = {"pool_weights": "weights", "pool_state": "optimizer", "entry_state": "optimizer",
+_CATEGORY = {"pool_weights": "weights", "pool_scale": "weights", "pool_state": "optimizer", "entry_state": "optimizer",
              "entry_keys": "index", "entry_first": "index",
              "entry_chunks": "index", "hash_buckets": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
 
@@ -45,7 +45,7 @@ def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequen
         return nbytes(buffers[name]) if name in buffers else 0
 
     per_slot = {
-        "weights": size("pool_weights") // capacity,
+        "weights": (size("pool_weights") + size("pool_scale")) // capacity,
         "optimizer": size("pool_state") // capacity,
         "utility": size("slot_utility") // capacity,
     }

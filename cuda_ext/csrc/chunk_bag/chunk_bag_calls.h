@@ -26,6 +26,7 @@ struct UniqueCall {
 struct ForwardCall {
   at::Tensor pool, slots, inverse, offsets, weights, feature_table, table_chunks, feature_cols;
   int64_t batch_size, out_dim, pooling_mode;
+  at::Tensor pool_scale;  // [S, 1] float32 for an int8 pool, else undefined
 };
 
 // chunk_bag_backward_update_'s read-only arguments, contiguous (grad_out as float32), once checked; the tensors
@@ -37,7 +38,8 @@ struct BackwardCall {
   double lr, eps;
   int64_t utility_rule;
   bool need_weight_grad;
-  int64_t rounding_seed;  // seeds the stochastic rounding of a bfloat16 pool's updated weights
+  int64_t rounding_seed;  // seeds the stochastic rounding of a bfloat16 / int8 pool's updated weights
+  at::Tensor pool_scale;  // [S, 1] float32 for an int8 pool (updated in place with its chunks), else undefined
 };
 
 // A checked backward call's read-only arrays as host pointers (the CPU kernel and the CPU checks walk them).

@@ -90,24 +90,42 @@ inline void check_forward_columns(const at::Tensor& feature_cols, const at::Tens
   }
 }
 
-// A chunk pool is float32 or bfloat16 (CPU only so far: the CUDA kernels read and write float32).
-inline void check_pool_dtype(const at::Tensor& pool, const char* name) {
-  EMB_OPT_CHECK(pool.scalar_type() == at::kFloat || pool.scalar_type() == at::kBFloat16, name,
-                " must be Float or BFloat16, got ", pool.scalar_type());
-  EMB_OPT_CHECK(pool.scalar_type() == at::kFloat || !pool.is_cuda(), name, " is BFloat16 on ", pool.device(),
-                ": bfloat16 chunk pools (FiitedConfig.weight_dtype) train on the CPU only so far; use float32 on CUDA");
+// A chunk pool is float32, bfloat16 or int8 (CPU only so far for the last two: the CUDA kernels read and write
+// float32); an int8 pool comes with pool_scale, float32 [S, 1] and contiguous (one scale per chunk slot), and
+// the others without one. Returns the scale to use (undefined unless int8).
+inline at::Tensor check_pool(const at::Tensor& pool, const std::optional<at::Tensor>& pool_scale, const char* op) {
+  const auto dtype = pool.scalar_type();
+  EMB_OPT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kChar, op,
+                ": pool must be Float, BFloat16 or Char (int8), got ", dtype);
+  EMB_OPT_CHECK(dtype == at::kFloat || !pool.is_cuda(), op, ": pool is ", dtype, " on ", pool.device(),
+                ": bfloat16 and int8 chunk pools (FiitedConfig.weight_dtype) train on the CPU only so far; use float32 "
+                "on CUDA");
+  const bool given = pool_scale.has_value() && pool_scale->defined();
+  if (dtype != at::kChar) {
+    EMB_OPT_CHECK(!given || pool_scale->numel() == 0, op, ": pool_scale is for int8 pools; this pool is ", dtype);
+    return at::Tensor();
+  }
+  EMB_OPT_CHECK(given, op, ": an int8 pool needs pool_scale (float32 [S, 1], one scale per slot)");
+  EMB_OPT_CHECK(pool_scale->device() == pool.device(), op, ": pool_scale must be on ", pool.device(), ", got ",
+                pool_scale->device());
+  EMB_OPT_CHECK(pool_scale->scalar_type() == at::kFloat, op, ": pool_scale must be Float, got ",
+                pool_scale->scalar_type());
+  EMB_OPT_CHECK(pool_scale->dim() == 2 && pool_scale->size(0) == pool.size(0) && pool_scale->size(1) == 1 &&
+                    pool_scale->is_contiguous(),
+                op, ": pool_scale must be contiguous [S, 1] = [", pool.size(0), ", 1], got ", pool_scale->sizes());
+  return *pool_scale;
 }
 
 inline ForwardCall check_forward_args(const at::Tensor& pool, const at::Tensor& slots, const at::Tensor& inverse,
                                       const at::Tensor& offsets, const std::optional<at::Tensor>& weights,
                                       const at::Tensor& feature_table, const at::Tensor& table_chunks,
                                       const at::Tensor& feature_cols, int64_t batch_size, int64_t out_dim,
-                                      int64_t pooling_mode) {
+                                      int64_t pooling_mode, const std::optional<at::Tensor>& pool_scale) {
   check_same_device(kForwardOp, pool.device(),
                     {{"slots", &slots}, {"inverse", &inverse}, {"offsets", &offsets},
                      {"weights", weights.has_value() ? &*weights : nullptr}, {"feature_table", &feature_table},
                      {"table_chunks", &table_chunks}, {"feature_cols", &feature_cols}});
-  check_pool_dtype(pool, "chunk_bag_forward: pool");
+  at::Tensor scale = check_pool(pool, pool_scale, "chunk_bag_forward");
   EMB_OPT_CHECK_DTYPE(slots, at::kInt, "chunk_bag_forward: slots");
   EMB_OPT_CHECK_DTYPE(inverse, at::kInt, "chunk_bag_forward: inverse");
   EMB_OPT_CHECK_DTYPE(feature_table, at::kInt, "chunk_bag_forward: feature_table");
@@ -123,7 +141,7 @@ inline ForwardCall check_forward_args(const at::Tensor& pool, const at::Tensor& 
   ForwardCall in{pool.contiguous(),          slots.contiguous(),        inverse.contiguous(),
                  offsets.contiguous(),       at::Tensor(),              feature_table.contiguous(),
                  table_chunks.contiguous(),  feature_cols.contiguous(), batch_size,
-                 out_dim,                    pooling_mode};
+                 out_dim,                    pooling_mode,              scale};
   if (weights.has_value() && weights->defined()) {
     in.weights = weights->contiguous();
     EMB_OPT_CHECK_DTYPE(in.weights, at::kFloat, "chunk_bag_forward: weights");
@@ -151,7 +169,6 @@ inline ForwardCall check_forward_args(const at::Tensor& pool, const at::Tensor& 
 // which also needs row_entries [U] int32 (the entry of each unique row).
 inline void check_updated_tensors(const at::Tensor& pool, const at::Tensor& optim_state, const at::Tensor& slot_utility,
                                   int64_t optimizer, const std::optional<at::Tensor>& row_entries, int64_t num_unique) {
-  check_pool_dtype(pool, "chunk_bag_backward_update_: pool");
   EMB_OPT_CHECK_DTYPE(optim_state, at::kFloat, "chunk_bag_backward_update_: optim_state");
   EMB_OPT_CHECK_DTYPE(slot_utility, at::kFloat, "chunk_bag_backward_update_: slot_utility");
   EMB_OPT_CHECK(pool.is_contiguous() && optim_state.is_contiguous() && slot_utility.is_contiguous(),
@@ -183,7 +200,9 @@ inline BackwardCall check_backward_update_args(
     const at::Tensor& unique_occ, const at::Tensor& occ_bag, const at::Tensor& offsets,
     const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
     int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
-    bool need_weight_grad, const std::optional<at::Tensor>& row_entries, int64_t rounding_seed) {
+    bool need_weight_grad, const std::optional<at::Tensor>& row_entries, int64_t rounding_seed,
+    const std::optional<at::Tensor>& pool_scale) {
+  const at::Tensor scale = check_pool(pool, pool_scale, "chunk_bag_backward_update_");
   check_same_device(kBackwardOp, pool.device(),
                     {{"optim_state", &optim_state}, {"slot_utility", &slot_utility}, {"grad_out", &grad_out},
                      {"slots", &slots}, {"row_keys", &row_keys}, {"unique_offsets", &unique_offsets},
@@ -219,7 +238,7 @@ inline BackwardCall check_backward_update_args(
   BackwardCall in{grad_out.contiguous().to(at::kFloat), slots.contiguous(), row_keys.contiguous(),
                   unique_offsets.contiguous(), unique_occ.contiguous(), occ_bag.contiguous(), offsets.contiguous(),
                   at::Tensor(), table_chunks.contiguous(), feature_cols.contiguous(), at::Tensor(), batch_size,
-                  pooling_mode, optimizer, lr, eps, utility_rule, need_weight_grad, rounding_seed};
+                  pooling_mode, optimizer, lr, eps, utility_rule, need_weight_grad, rounding_seed, scale};
   if (weights.has_value() && weights->defined()) {
     in.weights = weights->contiguous();
     EMB_OPT_CHECK_DTYPE(in.weights, at::kFloat, "chunk_bag_backward_update_: weights");

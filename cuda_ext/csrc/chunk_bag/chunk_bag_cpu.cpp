@@ -2,8 +2,9 @@
 // Determinism: the unique pass is sequential (first-occurrence order); forward is parallel over bags and
 // backward over unique rows, each summing its occurrences in a fixed order, and every pool slot belongs to
 // exactly one unique row, so the fused optimizer needs no atomics and results do not depend on threads.
-// The pool is float32 or bfloat16 (weight_t): arithmetic is float32 either way, and a bfloat16 pool stores each
-// updated weight stochastically rounded (common/stochastic_round.h) with the call's rounding_seed.
+// The pool is float32, bfloat16 or int8 with a scale per chunk (weight_t): arithmetic is float32 in every case,
+// and chunks are read and written through PoolCodec (pool_codec.h), which rounds a low-precision pool's updated
+// weights stochastically with the call's rounding_seed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,7 +16,7 @@
 
 #include "chunk_bag/chunk_bag_entry.h"
 #include "common/layout.h"
-#include "common/stochastic_round.h"
+#include "chunk_bag/pool_codec.h"
 
 namespace emb_opt {
 namespace {
@@ -100,13 +101,6 @@ UniqueResult unique_cpu(const UniqueCall& call) {
   return result;
 }
 
-// A pool weight as float32, and the stored form of an updated one (float32 as is, bfloat16 rounded stochastically
-// with the random bits of its slot and column).
-inline float stored(float value, uint64_t /*random*/, float*) { return value; }
-inline at::BFloat16 stored(float value, uint64_t random, at::BFloat16*) {
-  return at::BFloat16(bfloat16_bits_stochastic(value, random), at::BFloat16::from_bits());
-}
-
 template <typename weight_t>
 at::Tensor forward_impl(const ForwardCall& in) {
   const int64_t batch_size = in.batch_size, out_dim = in.out_dim;
@@ -115,6 +109,7 @@ at::Tensor forward_impl(const ForwardCall& in) {
   const int64_t max_chunks = in.slots.size(1);
   auto out = at::zeros({batch_size, out_dim}, in.pool.options().dtype(at::kFloat));
   const weight_t* pp = in.pool.data_ptr<weight_t>();
+  const float* scp = data_or_null<float>(in.pool_scale);  // int8 pools: one scale per slot
   const float* wp = data_or_null<float>(in.weights);
   const int32_t *sp = in.slots.data_ptr<int32_t>(), *ip = in.inverse.data_ptr<int32_t>();
   const int32_t *ftp = in.feature_table.data_ptr<int32_t>(), *tcp = in.table_chunks.data_ptr<int32_t>();
@@ -134,8 +129,9 @@ at::Tensor forward_impl(const ForwardCall& in) {
           const int32_t s = row_slots[k];
           if (s < 0) break;
           const weight_t* src = pp + static_cast<int64_t>(s) * c;
+          const float* scale = scp ? scp + s : nullptr;
           float* d = dst + k * c;
-          for (int64_t j = 0; j < c; ++j) d[j] += wi * static_cast<float>(src[j]);
+          for (int64_t j = 0; j < c; ++j) d[j] += wi * PoolCodec<weight_t>::load(src, scale, j);
         }
       }
       if (in.pooling_mode == kPoolingMean && stop > start) {
@@ -148,7 +144,9 @@ at::Tensor forward_impl(const ForwardCall& in) {
 }
 
 at::Tensor forward_cpu(const ForwardCall& in) {
-  return in.pool.scalar_type() == at::kBFloat16 ? forward_impl<at::BFloat16>(in) : forward_impl<float>(in);
+  if (in.pool.scalar_type() == at::kBFloat16) return forward_impl<at::BFloat16>(in);
+  if (in.pool.scalar_type() == at::kChar) return forward_impl<int8_t>(in);
+  return forward_impl<float>(in);
 }
 
 template <typename weight_t>
@@ -164,6 +162,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
   auto candidate = at::zeros({num_unique}, float_opts);
   auto weight_grad = need_weight_grad ? at::zeros({in.unique_occ.numel()}, float_opts) : at::empty({0}, float_opts);
   weight_t* pp = pool.data_ptr<weight_t>();
+  float* scp = in.pool_scale.defined() ? in.pool_scale.data_ptr<float>() : nullptr;  // int8 pools: one scale per slot, updated with its chunk
   const int64_t seed = in.rounding_seed;
   float* stp = optimizer == kOptimSgd ? nullptr : optim_state.data_ptr<float>();
   float* up = slot_utility.data_ptr<float>();
@@ -172,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
   float* wgp = need_weight_grad ? weight_grad.data_ptr<float>() : nullptr;
   const float flr = static_cast<float>(in.lr), feps = static_cast<float>(in.eps);
   at::parallel_for(0, num_unique, 64, [&](int64_t begin, int64_t end) {
-    std::vector<float> grad(max_chunks * c), score(max_chunks);
+    std::vector<float> grad(max_chunks * c), score(max_chunks), updated(c);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t chunks = x.table_chunks[key_table(x.row_keys[u])];
       const int32_t* row_slots = x.slots + u * max_chunks;
@@ -190,8 +189,9 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
           float acc = 0.0f;
           for (int64_t k = 0; k < live; ++k) {
             const float* gr = x.grad_out + b * out_dim + x.feature_cols[f] + k * c;
-            const weight_t* wr = pp + static_cast<int64_t>(row_slots[k]) * c;
-            for (int64_t j = 0; j < c; ++j) acc += gr[j] * static_cast<float>(wr[j]);
+            const int64_t s = row_slots[k];
+            const weight_t* wr = pp + s * c;
+            for (int64_t j = 0; j < c; ++j) acc += gr[j] * PoolCodec<weight_t>::load(wr, scp ? scp + s : nullptr, j);
           }
           wgp[i] = acc * scale;
         }
@@ -238,6 +238,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
         const float* gk = grad.data() + k * c;
         up[s] += score[k];
         weight_t* wr = pp + s * c;
+        float* scale = scp ? scp + s : nullptr;
         for (int64_t j = 0; j < c; ++j) {
           float step;
           if (optimizer == kOptimSgd) {
@@ -249,8 +250,9 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
           } else {
             step = row_mult * gk[j];
           }
-          wr[j] = stored(static_cast<float>(wr[j]) - step, rounding_random(seed, s, c, j), wr);
+          updated[j] = PoolCodec<weight_t>::load(wr, scale, j) - step;
         }
+        PoolCodec<weight_t>::store(wr, scale, updated.data(), c, seed, s);
       }
     }
   });
@@ -260,6 +262,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const BackwardCall& in, at::Tensor& pool, at::Tensor& optim_state,
                                                 at::Tensor& slot_utility) {
   if (pool.scalar_type() == at::kBFloat16) return backward_impl<at::BFloat16>(in, pool, optim_state, slot_utility);
+  if (pool.scalar_type() == at::kChar) return backward_impl<int8_t>(in, pool, optim_state, slot_utility);
   return backward_impl<float>(in, pool, optim_state, slot_utility);
 }
 

@@ -29,9 +29,9 @@ at::Tensor chunk_bag_forward_op(const at::Tensor& pool, const at::Tensor& slots,
                                 const at::Tensor& offsets, const std::optional<at::Tensor>& weights,
                                 const at::Tensor& feature_table, const at::Tensor& table_chunks,
                                 const at::Tensor& feature_cols, int64_t batch_size, int64_t out_dim,
-                                int64_t pooling_mode) {
+                                int64_t pooling_mode, const std::optional<at::Tensor>& pool_scale) {
   return kernel(check_forward_args(pool, slots, inverse, offsets, weights, feature_table, table_chunks, feature_cols,
-                                   batch_size, out_dim, pooling_mode));
+                                   batch_size, out_dim, pooling_mode, pool_scale));
 }
 
 template <BackwardKernel kernel>
@@ -41,11 +41,12 @@ std::tuple<at::Tensor, at::Tensor> chunk_bag_backward_update_op(
     const at::Tensor& unique_occ, const at::Tensor& occ_bag, const at::Tensor& offsets,
     const std::optional<at::Tensor>& weights, const at::Tensor& table_chunks, const at::Tensor& feature_cols,
     int64_t batch_size, int64_t pooling_mode, int64_t optimizer, double lr, double eps, int64_t utility_rule,
-    bool need_weight_grad, const std::optional<at::Tensor>& row_entries, int64_t rounding_seed) {
+    bool need_weight_grad, const std::optional<at::Tensor>& row_entries, int64_t rounding_seed,
+    const std::optional<at::Tensor>& pool_scale) {
   const BackwardCall call = check_backward_update_args(
       pool, optim_state, slot_utility, grad_out, slots, row_keys, unique_offsets, unique_occ, occ_bag, offsets,
       weights, table_chunks, feature_cols, batch_size, pooling_mode, optimizer, lr, eps, utility_rule,
-      need_weight_grad, row_entries, rounding_seed);
+      need_weight_grad, row_entries, rounding_seed, pool_scale);
   return kernel(call, pool, optim_state, slot_utility);
 }
 

@@ -8,7 +8,8 @@
 // int32 (chunks per row, C_t = D_t / c), feature_cols [F] int64 (first output column of each feature).
 // The batch's distinct (table, row) pairs are U "unique rows" with row keys (common/layout.h);
 // slots [U, Cmax] int32 are their live chunk slots (-1 past the live prefix; Cmax >= every table's chunks).
-// pool [S, c] float32 or bfloat16 (CPU). Every index argument is checked against what it indexes before memory is touched (the
+// pool [S, c] float32, or on the CPU bfloat16 or int8 (with pool_scale [S, 1] float32: weight = q * scale;
+// cuda_ext/csrc/chunk_bag/pool_codec.h). Every index argument is checked against what it indexes before memory is touched (the
 // index check mode, common/check_mode.h, says how thoroughly on CUDA): an out-of-range value raises naming the
 // op, the argument, its first bad position and the valid range.
 #include <torch/library.h>
@@ -29,7 +30,7 @@ TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
   m.def(
       "chunk_bag_forward(Tensor pool, Tensor slots, Tensor inverse, Tensor offsets, Tensor? weights, "
       "Tensor feature_table, Tensor table_chunks, Tensor feature_cols, int batch_size, int out_dim, "
-      "int pooling_mode) -> Tensor");
+      "int pooling_mode, Tensor? pool_scale=None) -> Tensor");
   // Backward of chunk_bag_forward fused with the optimizer step on every live chunk of every unique row
   // (optimizer: 0 SGD, 1 Adagrad (state [S, c], per slot), 2 row-wise Adagrad (state [R, 1]: one accumulator
   // per ROW, optim_state[row_entries[u]] for unique row u (its index entry), += mean squared gradient over the
@@ -44,11 +45,14 @@ TORCH_LIBRARY_FRAGMENT(emb_opt, m) {
   // CPU: a row whose gradient (its live chunks and the next one) holds NaN or inf is skipped -- its chunks,
   // optimizer state and utilities stay -- and its candidate_score is NaN. (CUDA: the caller checks first.)
   // A bfloat16 pool: each updated weight is computed in float32 and stored rounded stochastically with the random
-  // bits of (rounding_seed, slot, column) (common/stochastic_round.h); a float32 pool ignores rounding_seed.
+  // bits of (rounding_seed, slot, column) (common/stochastic_round.h); an int8 pool: each updated chunk gets the
+  // scale max |w| / 127 and its weights are quantized stochastically with the same bits (pool_scale is updated in
+  // place); a float32 pool ignores rounding_seed.
   m.def(
       "chunk_bag_backward_update_(Tensor(a!) pool, Tensor(b!) optim_state, Tensor(c!) slot_utility, "
       "Tensor grad_out, Tensor slots, Tensor row_keys, Tensor unique_offsets, Tensor unique_occ, "
       "Tensor occ_bag, Tensor offsets, Tensor? weights, Tensor table_chunks, Tensor feature_cols, "
       "int batch_size, int pooling_mode, int optimizer, float lr, float eps, int utility_rule, "
-      "bool need_weight_grad, Tensor? row_entries=None, int rounding_seed=0) -> (Tensor, Tensor)");
+      "bool need_weight_grad, Tensor? row_entries=None, int rounding_seed=0, Tensor(d!)? pool_scale=None) -> "
+      "(Tensor, Tensor)");
 }
