@@ -1,6 +1,7 @@
 """Train-step time of FIITED vs TorchRec's embedding collections, side by side in one run (CPU).
 
     python -m experiments.bench_fiited [--batch-size 4096] [--embedding-dim 64] [--chunk-size 16] [--steps 30]
+    python -m experiments.bench_fiited --weight-dtypes float32,bfloat16,int8   # the chunk pool's precisions too
 
 Same tables (the synthetic Criteo cardinalities), same batches, embedding work only (forward + backward with
 the optimizer step, loss = sum of squares of the pooled output):
@@ -8,12 +9,14 @@ the optimizer step, loss = sum of squares of the pooled output):
 * ``fused_tbe_rowwise``: ``FusedEmbeddingBagCollection`` = FBGEMM's CPU TBE with fused row-wise Adagrad
   (what ``DistributedModelParallel`` runs on CPU);
 * ``fiited@X``: ``FiitedEmbeddingBagCollection`` with row-wise Adagrad at budget X of the full bytes (after a
-  warm-up that fills the store and one resize, so the timed steps see a steady state).
+  warm-up that fills the store and one resize, so the timed steps see a steady state); ``fiited_<dtype>@X`` the
+  same with its chunk pool in that ``weight_dtype`` (``--weight-dtypes``; at equal bytes it holds more rows).
 Prints milliseconds per step (median of the timed steps) and the ratio to each TorchRec baseline, and appends
 the rows to a CSV. Torch's thread count is what the process starts with (``OMP_NUM_THREADS``).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -29,6 +32,7 @@ from torchrec.optim import RowWiseAdagrad
 from tqdm import tqdm
 
 import emb_opt
+from emb_opt.config import WEIGHT_DTYPES
 from experiments.config import parse_config
 from experiments.data.batch import criteo_tables
 from experiments.data.synthetic_criteo import SyntheticCriteo, SyntheticCriteoConfig
@@ -42,6 +46,7 @@ class Config:
     cardinality_scale: float = 0.01  # table sizes = Criteo Kaggle's x this
     steps: int = 30  # timed steps per method
     budgets: str = "1.0,0.1,0.01"  # FIITED budgets, fractions of the full bytes
+    weight_dtypes: str = "float32"  # FIITED chunk pools to time: float32, bfloat16, int8 (comma-separated)
     out: str = "results/bench_fiited.csv"  # the CSV the rows are appended to
 
 
@@ -55,12 +60,21 @@ def budget_list(config: Config) -> List[float]:
     return budgets
 
 
+def dtype_list(config: Config) -> List[str]:
+    dtypes = [d.strip() for d in config.weight_dtypes.split(",") if d.strip()]
+    unknown = [d for d in dtypes if d not in WEIGHT_DTYPES]
+    if not dtypes or unknown:
+        raise ValueError(f"--weight-dtypes must name some of {sorted(WEIGHT_DTYPES)}, got {config.weight_dtypes!r}")
+    return dtypes
+
+
 def check_config(config: Config) -> None:
     """Everything that would stop the run, before anything is timed."""
     for name in ("batch_size", "embedding_dim", "chunk_size", "steps"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     budget_list(config)
+    dtype_list(config)
     if config.embedding_dim % config.chunk_size:
         raise ValueError(f"--embedding-dim {config.embedding_dim} is not divisible by --chunk-size {config.chunk_size}")
     if os.path.isdir(config.out):
@@ -99,14 +113,16 @@ def main(argv: Optional[Sequence[str]] = None) -> pd.DataFrame:
     results["fused_tbe_rowwise"] = time_steps(lambda i: fused(batches[i]).values().pow(2).sum().backward(), 2,
                                               config.steps, "fused_tbe_rowwise")
     del fused
-    for budget in budget_list(config):
+    for dtype, budget in itertools.product(dtype_list(config), budget_list(config)):
+        name = f"fiited@{budget:g}" if dtype == "float32" else f"fiited_{dtype}@{budget:g}"
         fiited = emb_opt.FiitedEmbeddingBagCollection(tables, budget, chunk_size=config.chunk_size, learning_rate=0.05,
                                                       warmup_steps=warm - 2, resize_interval=10**6,
-                                                      pressure_resize_steps=0)  # one resize in the warm-up, none timed
+                                                      pressure_resize_steps=0,  # one resize in the warm-up, none timed
+                                                      weight_dtype=dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            results[f"fiited@{budget:g}"] = time_steps(lambda i: fiited(batches[i]).values().pow(2).sum().backward(),
-                                                       warm, config.steps, f"fiited@{budget:g}")
+            results[name] = time_steps(lambda i: fiited(batches[i]).values().pow(2).sum().backward(), warm,
+                                       config.steps, name)
         del fiited
     df = pd.DataFrame([{"method": name, "ms_per_step": round(ms, 2),
                         "vs_ebc_dense": round(ms / results["ebc_dense_adagrad"], 3),
