@@ -84,4 +84,5 @@ def chunk_bag_backward_update_(pool: torch.Tensor, optim_state: torch.Tensor, sl
                                row_entries: Optional[torch.Tensor] = None, rounding_seed: int = 0,
                                pool_scale: Optional[torch.Tensor] = None) -> Tensors:
     weight_grads = unique_occ.numel() if need_weight_grad else 0
-    return pool.new_empty((row_keys.numel(),), dtype=torch.float32), pool.new_empty((weight_grads,), dtype=torch.float32)
+    float32 = dict(dtype=torch.float32)
+    return pool.new_empty((row_keys.numel(),), **float32), pool.new_empty((weight_grads,), **float32)

@@ -25,7 +25,7 @@ def encode(values: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torc
     values = values.to(torch.float32)
     if dtype != torch.int8:
         return values.to(dtype), values.new_zeros(values.shape[0], 0)
-    scale = values.abs().amax(1, keepdim=True) / INT8_LEVELS if values.shape[1] else values.new_zeros(values.shape[0], 1)
+    scale = values.abs().amax(1, keepdim=True) / INT8_LEVELS
     q = torch.where(scale > 0, torch.round(values / scale), torch.zeros_like(values))
     return q.clamp(-INT8_LEVELS, INT8_LEVELS).to(torch.int8), scale
 

@@ -102,8 +102,8 @@ MOVIELENS = dict(methods="full,hash,rowprune,freqvocab,fiited", budgets="0.1,0.0
                  warmup_steps=5, resize_interval=5)
 MOVIELENS_QUICK = dict(steps=30)
 GENERATOR_OPTIONS = ("latent_dim", "interaction_scale")
-FIITED_OPTIONS = ("utility", "utility_decay", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init", "doorkeeper",
-                  "doorkeeper_when_full")
+FIITED_OPTIONS = ("utility", "utility_decay", "position_exponent", "prefix_dropout", "fallback_rows", "fallback_init",
+                  "doorkeeper", "doorkeeper_when_full")
 ITEM_TABLE, SID_LEVELS = "t_cat_2", 3  # synthetic data: the feature with content embeddings, its code levels
 
 

@@ -162,7 +162,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const BackwardCall& in, at::Ten
   auto candidate = at::zeros({num_unique}, float_opts);
   auto weight_grad = need_weight_grad ? at::zeros({in.unique_occ.numel()}, float_opts) : at::empty({0}, float_opts);
   weight_t* pp = pool.data_ptr<weight_t>();
-  float* scp = in.pool_scale.defined() ? in.pool_scale.data_ptr<float>() : nullptr;  // int8 pools: one scale per slot, updated with its chunk
+  // int8 pools: one scale per slot, updated with its chunk
+  float* scp = in.pool_scale.defined() ? in.pool_scale.data_ptr<float>() : nullptr;
   const int64_t seed = in.rounding_seed;
   float* stp = optimizer == kOptimSgd ? nullptr : optim_state.data_ptr<float>();
   float* up = slot_utility.data_ptr<float>();

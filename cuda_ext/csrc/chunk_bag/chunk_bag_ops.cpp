@@ -9,7 +9,8 @@
 // The batch's distinct (table, row) pairs are U "unique rows" with row keys (common/layout.h);
 // slots [U, Cmax] int32 are their live chunk slots (-1 past the live prefix; Cmax >= every table's chunks).
 // pool [S, c] float32, or on the CPU bfloat16 or int8 (with pool_scale [S, 1] float32: weight = q * scale;
-// cuda_ext/csrc/chunk_bag/pool_codec.h). Every index argument is checked against what it indexes before memory is touched (the
+// cuda_ext/csrc/chunk_bag/pool_codec.h).
+// Every index argument is checked against what it indexes before memory is touched (the
 // index check mode, common/check_mode.h, says how thoroughly on CUDA): an out-of-range value raises naming the
 // op, the argument, its first bad position and the valid range.
 #include <torch/library.h>
