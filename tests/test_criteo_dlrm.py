@@ -40,6 +40,14 @@ def test_sharded_run_on_two_processes(tmp_path, capfd):
     assert capfd.readouterr().out.count("sharding plan (2 ranks)") == 1  # the first FIITED method's (rank 0)
 
 
+@pytest.mark.distributed
+def test_sharded_run_with_int8_chunk_stores(tmp_path):
+    df = criteo_dlrm.main(TINY + ["--out", str(tmp_path), "--methods", "full,rowprune,fiited", "--budgets", "0.1",
+                                  "--nproc", "2", "--weight-dtype", "int8"])
+    assert list(df["method"]) == ["full", "rowprune@0.1", "fiited@0.1"] and (df["nproc"] == 2).all()
+    assert df["auc"].between(0, 1).all() and (df.loc[df["method"] != "full", "bytes_fraction"] <= 0.1).all()
+
+
 def test_real_criteo_files_path(tmp_path):
     data = os.path.join(os.path.dirname(__file__), "..", "experiments", "data")
     day = tmp_path / "data"
