@@ -168,12 +168,6 @@ class VhpiChunkStore(ChunkStoreBase):
         return sum(self.allocated_bytes().values())
 
     # ---- lookup -----------------------------------------------------------------------------------------
-    def write_chunks(self, slots: torch.Tensor, values: torch.Tensor) -> None:
-        """Store float ``values`` [n, c] as the chunks at ``slots`` [n] (encoded, round to nearest)."""
-        weights, scales = encode(values, self.pool_weights.dtype)
-        self.pool_weights[slots] = weights
-        self.pool_scale[slots] = scales
-
     def chunks_of(self, row_keys: torch.Tensor) -> torch.Tensor:
         """Chunks per row (C_t of each row's table), int32 [U]."""
         return self.table_chunks[key_table(row_keys)]
@@ -273,6 +267,12 @@ class VhpiChunkStore(ChunkStoreBase):
         if inserted < entries.numel():  # a long probe run: rebuilding places keys afresh
             self.rebuild_hash()
 
+    def write_chunks(self, slots: torch.Tensor, values: torch.Tensor) -> None:
+        """Store float ``values`` [n, c] as the chunks at ``slots`` [n] (encoded, round to nearest)."""
+        weights, scales = encode(values, self.pool_weights.dtype)
+        self.pool_weights[slots] = weights
+        self.pool_scale[slots] = scales
+
     def init_chunks(self, keys: torch.Tensor) -> torch.Tensor:
         """Init values ``[n, c]`` of the chunks with these keys: ``emb_opt.hashed_init`` of (table name, row,
         column, ``init_seed``) -- the same whichever chunk size, step, collection or shard."""
@@ -317,8 +317,8 @@ class VhpiChunkStore(ChunkStoreBase):
         chunks move there (chunks, state and utilities; the entry stays), new rows get an index entry. New
         chunks get their init values, zero optimizer state and utility ``utility`` [n] of their row; the caller
         made room. ``start``, if given, gives the chunks of new rows (``have == 0``) their values instead, from
-        their chunk keys (``FiitedConfig.fallback_init``). Returns (the new runs' slots, int32 [n, Cmax] with -1 past each run; the new rows' entries,
-        int64 [number of rows with have == 0], in their order)."""
+        their chunk keys (``FiitedConfig.fallback_init``). Returns (the new runs' slots, int32 [n, Cmax] with -1
+        past each run; the new rows' entries, int64 [number of rows with have == 0], in their order)."""
         length = have + granted
         first = self.counter(StoreCounter.HIGH_WATER) + torch.cumsum(length, 0) - length
         position = torch.arange(self.max_chunks, device=old_slots.device)

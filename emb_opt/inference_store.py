@@ -195,8 +195,8 @@ class InferenceChunkStore(ChunkStoreBase):
             problems.append(f"{prefix}pool_weights: checkpoint chunks of shape {tuple(b['pool_weights'].shape)[1:]} "
                             f"do not match this module's chunk_size {self.chunk_size}")
         if b["pool_scale"].shape[1] != self.pool_scale.shape[1]:
-            problems.append(f"{prefix}pool_scale: expected {self.pool_scale.shape[1]} column(s) (one scale per chunk of "
-                            f"an int8 pool, none otherwise), got shape {tuple(b['pool_scale'].shape)}")
+            problems.append(f"{prefix}pool_scale: expected {self.pool_scale.shape[1]} column(s) (one scale per chunk "
+                            f"of an int8 pool, none otherwise), got shape {tuple(b['pool_scale'].shape)}")
         sizes = {n: int(b[n].numel()) for n in ("entry_keys", "entry_first", "entry_chunks")}
         if len(set(sizes.values())) > 1 or sizes["entry_keys"] < 1:
             problems.append(f"{prefix}entry_keys: the checkpoint's {', '.join(f'{n} ({k})' for n, k in sizes.items())} "

@@ -1,6 +1,6 @@
 """What the training store (``emb_opt.chunk_store``) and the inference store (``emb_opt.inference_store``) share:
-the row index's lookup and sizes, buffers that keep their dtypes under dtype casts, copies without pending backwards, and loads
-that validate first."""
+the row index's lookup and sizes, the pool's decoding, buffers that keep their dtypes under dtype casts, copies
+without pending backwards, and loads that validate first."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
