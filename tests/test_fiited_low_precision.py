@@ -17,6 +17,8 @@ from emb_opt import FiitedConfig, FiitedEmbeddingBagCollection
 from emb_opt.budget import slot_bytes
 
 ROWS, DIM = 3000, 32
+LOW = ["bfloat16", "int8"]
+TORCH_DTYPE = {"bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 def tables():
@@ -57,10 +59,6 @@ def train(m, steps, seed=0):
             opt.step()
             losses.append(float(loss.detach()))
     return losses
-
-
-LOW = ["bfloat16", "int8"]
-TORCH_DTYPE = {"bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 @pytest.mark.parametrize("dtype, saved_per_chunk, more_rows", [("bfloat16", 2 * 16, 1.5), ("int8", 3 * 16 - 4, 1.8)])
