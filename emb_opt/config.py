@@ -172,7 +172,8 @@ class FiitedConfig:
     def __post_init__(self) -> None:
         self.optimizer = parse_optimizer(self.optimizer)
         if isinstance(self.weight_dtype, torch.dtype):  # torch.bfloat16 is accepted for "bfloat16"
-            self.weight_dtype = {v: k for k, v in WEIGHT_DTYPES.items()}.get(self.weight_dtype, str(self.weight_dtype))
+            names = {dtype: name for name, dtype in WEIGHT_DTYPES.items()}
+            self.weight_dtype = names.get(self.weight_dtype, str(self.weight_dtype))
         self.utility = UtilityRule(self.utility) if not isinstance(self.utility, UtilityRule) else self.utility
         integers = ("chunk_size", "warmup_steps", "resize_interval", "pressure_resize_steps", "init_seed",
                     "max_probe", "initial_capacity", "fallback_rows")

@@ -45,8 +45,9 @@ INFERENCE_KIND = "fiited_inference"
 INFERENCE_LAYOUT_VERSION = 1
 INFERENCE_STATE = ("pool_weights", "pool_scale", "entry_keys", "entry_first", "entry_chunks", "hash_buckets")
 TABLE_STATE = ("table_rows", "table_chunks")
-_DTYPES = {"pool_weights": torch.float32, "pool_scale": torch.float32, "entry_keys": torch.int64,
-           "entry_first": torch.int32, "entry_chunks": torch.int8, "hash_buckets": torch.int32}  # fmt: skip
+# every buffer's dtype but the pool's, which is the trained store's weight_dtype
+_DTYPES = {"pool_scale": torch.float32, "entry_keys": torch.int64, "entry_first": torch.int32,
+           "entry_chunks": torch.int8, "hash_buckets": torch.int32}  # fmt: skip
 # buffers only a training store has: a checkpoint holding any of them is a training checkpoint
 _TRAINING_ONLY = tuple(n for n in STORE_STATE if n not in INFERENCE_STATE)
 
@@ -180,7 +181,7 @@ class InferenceChunkStore(ChunkStoreBase):
         return self._content_problems({n: t.detach().to(device) for n, t in buffers.items()}, prefix)
 
     def _shape_problems(self, b: Dict[str, Any], prefix: str) -> List[str]:
-        dtypes = dict(_DTYPES, pool_weights=self.pool_weights.dtype)  # the trained store's weight_dtype
+        dtypes = dict(_DTYPES, pool_weights=self.pool_weights.dtype)
         problems = [f"{prefix}{n}: expected a {dtypes[n]} tensor, got "
                     f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
                     for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != dtypes[n]]

@@ -32,7 +32,8 @@ LAYOUT_VERSION = 1
 SLOT_ARRAYS = ("pool_weights", "pool_scale", "pool_state", "slot_utility")
 ENTRY_ARRAYS = ("entry_keys", "entry_first", "entry_chunks", "entry_state")
 STORE_STATE = SLOT_ARRAYS + ENTRY_ARRAYS + ("hash_buckets", "sketch", "thresholds", "counters")
-_DTYPES = {"pool_weights": torch.float32, "pool_scale": torch.float32, "pool_state": torch.float32, "slot_utility": torch.float32,
+# every buffer's dtype but the pool's, which is the store's weight_dtype
+_DTYPES = {"pool_scale": torch.float32, "pool_state": torch.float32, "slot_utility": torch.float32,
            "entry_keys": torch.int64, "entry_first": torch.int32, "entry_chunks": torch.int8,
            "entry_state": torch.float32, "hash_buckets": torch.int32, "sketch": torch.float32,
            "thresholds": torch.float32, "counters": torch.int64}  # fmt: skip
@@ -93,7 +94,7 @@ def checkpoint_problems(store: Any, state_dict: Mapping[str, Any], prefix: str) 
 
 
 def _shape_problems(store: Any, b: Dict[str, Any], prefix: str) -> List[str]:
-    dtypes = dict(_DTYPES, pool_weights=store.pool_weights.dtype)  # the pool's: FiitedConfig.weight_dtype
+    dtypes = dict(_DTYPES, pool_weights=store.pool_weights.dtype)
     problems = [f"{prefix}{n}: expected a {dtypes[n]} tensor, got "
                 f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
                 for n, t in b.items() if not isinstance(t, torch.Tensor) or t.dtype != dtypes[n]]

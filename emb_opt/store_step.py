@@ -9,7 +9,7 @@ the GPU checks do on raw ids (the GPU machines have no TorchRec):
    the step counter advances; then the live chunks of each bag are pooled (``chunk_bag_forward``) into
    ``[B, out_dim]``;
 3. backward (``ChunkBagLookup``): one ``chunk_bag_backward_update_`` applies the fused sparse optimizer to every
-   live chunk the batch touched (a bfloat16 pool stores the results rounded stochastically, seeded by
+   live chunk the batch touched (a bfloat16 / int8 pool stores the results rounded stochastically, seeded by
    ``rounding_seed``) and adds their utilities; the would-be utility of each row's first missing
    chunk goes into the sketch, where admission reads it.
 
@@ -216,7 +216,7 @@ def backward_update(store: VhpiChunkStore, layout: FeatureLayout, plan: BatchPla
 
 
 def rounding_seed(store: VhpiChunkStore) -> int:
-    """Seed of a step's stochastic rounding (a bfloat16 pool): from ``init_seed`` and the step, so each step draws
+    """Seed of a step's stochastic rounding (bfloat16 / int8 pools): from ``init_seed`` and the step, so each step draws
     afresh and a run repeats exactly."""
     return (store.config.init_seed * 1_000_003 + store.step) % (1 << 62)
 

@@ -17,7 +17,8 @@ the tables and Adam for the dense part, and evaluates AUC / log loss / NE on hel
 eval stream, or the lines right after the training lines of real files. Bytes are ``emb_opt.memory_report``'s
 total of each collection. Writes ``<out>/results.csv`` (appended), ``auc_vs_bytes.png``, FIITED's
 ``telemetry_<method>.png``, per chunk store ``tables_<method>.csv`` (what it kept per table, and which share of the
-held-out lookups of each feature found stored chunks) and, for several seeds, ``seeds_summary.csv`` (paired differences, standard errors).
+held-out lookups of each feature found stored chunks) and, for several seeds, ``seeds_summary.csv`` (paired
+differences, standard errors).
 ``--nproc N`` trains every method sharded under ``DistributedModelParallel`` on N CPU processes.
 """
 from __future__ import annotations
@@ -86,7 +87,7 @@ class Config:
     fallback_init: Optional[bool] = None  # a newly admitted row starts from its fallback row (needs fallback_rows)
     doorkeeper: Optional[bool] = None  # admit a row without chunks from its second access
     doorkeeper_when_full: Optional[bool] = None  # ... only in steps whose requests do not all fit the budget
-    weight_dtype: Optional[str] = None  # every chunk store's (rowprune, fiited, fiited_sid): "bfloat16" = more rows
+    weight_dtype: Optional[str] = None  # every chunk store's (rowprune, fiited, fiited_sid): bfloat16 / int8 = more rows
     # run
     nproc: int = 1  # > 1: every method sharded under DistributedModelParallel on that many CPU processes
     out: str = "results/criteo_dlrm"

@@ -45,6 +45,6 @@ from emb_opt.report.rows import (
 )
 from emb_opt.report.cli import main
 
-__all__ = ["memory_report", "lookup_coverage", "COVERAGE_COLUMNS", "collect", "unwrap_checkpoint", "report_frame", "CollectionReport", "COLUMNS",
-           "BYTE_COLUMNS", "INT_COLUMNS", "MAIN_COLUMNS", "SHARED", "TOTAL", "ALL", "format_histogram",
+__all__ = ["memory_report", "lookup_coverage", "COVERAGE_COLUMNS", "collect", "unwrap_checkpoint", "report_frame",
+           "CollectionReport", "COLUMNS", "BYTE_COLUMNS", "INT_COLUMNS", "MAIN_COLUMNS", "SHARED", "TOTAL", "ALL", "format_histogram",
            "parse_histogram", "main"]

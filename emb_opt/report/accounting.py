@@ -14,8 +14,8 @@ from emb_opt.config import OptimizerType, parse_optimizer
 from emb_opt.report.rows import SHARED, TOTAL, format_histogram, make_row, nbytes, sum_rows
 
 # VhpiChunkStore buffers by ``allocated_bytes`` category; any other buffer of the store counts as metadata
-_CATEGORY = {"pool_weights": "weights", "pool_scale": "weights", "pool_state": "optimizer", "entry_state": "optimizer",
-             "entry_keys": "index", "entry_first": "index",
+_CATEGORY = {"pool_weights": "weights", "pool_scale": "weights", "pool_state": "optimizer",
+             "entry_state": "optimizer", "entry_keys": "index", "entry_first": "index",
              "entry_chunks": "index", "hash_buckets": "index", "slot_utility": "utility", "sketch": "utility"}  # fmt: skip
 
 def fiited_rows(module: str, buffers: Mapping[str, torch.Tensor], tables: Sequence[Dict[str, Any]],

@@ -39,7 +39,7 @@ def lookup_coverage(collection: Any, features: Iterable[Any]) -> "pandas.DataFra
         raise TypeError(f"lookup_coverage takes a FIITED / row-pruning collection or its inference export, got "
                         f"{type(collection).__name__} (a wrapped collection: pass the features it gives the inner one)")
     tables = collection.embedding_bag_configs()
-    chunk = store.chunk_size if hasattr(store, "chunk_size") else store.config.chunk_size
+    chunk = store.pool_weights.shape[1]
     table_of: Dict[str, int] = {f: i for i, t in enumerate(tables) for f in t.feature_names}
     totals: Dict[str, List[float]] = {f: [0, 0, 0, 0.0] for f in table_of}
     with torch.no_grad():
